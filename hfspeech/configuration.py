@@ -1,0 +1,354 @@
+"""`SpeechEncoderConfig`: the backbone of wav2vec 2.0 / HuBERT plus objective settings.
+
+Presets follow fairseq's reference configs (examples/wav2vec/config/pretraining,
+examples/hubert/config/pretrain):
+
+==========  ======  ======  =====  =====  ==========================  ===========
+preset      layers  hidden  FFN    heads  feature encoder / LN order   parameters
+==========  ======  ======  =====  =====  ==========================  ===========
+``tiny``    2       32      64     2      group norm / post-LN         tests only
+``base``    12      768     3072   12     group norm / post-LN         95M
+``large``   24      1024    4096   16     layer norm / pre-LN          317M
+``xlarge``  48      1280    5120   16     layer norm / pre-LN          964M
+==========  ======  ======  =====  =====  ==========================  ===========
+
+Masking probabilities use fairseq's notation: ``mask_time_prob`` is the expected fraction
+of frames that *start* a span times the span length, i.e. the paper's p=0.065 with M=10
+is ``mask_time_prob=0.65``; HuBERT's p=8% is ``0.8``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+OBJECTIVES = ("wav2vec2", "hubert")
+
+# Backbone shapes of the papers' model sizes.
+_BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        conv_dim=(32,) * 7,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="group",
+        layer_norm_first=False,
+        conv_bias=False,
+        codevector_dim=32,
+        proj_codevector_dim=32,
+        num_codevectors_per_group=32,
+        hubert_final_dim=16,
+    ),
+    "base": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        feat_extract_norm="group",
+        layer_norm_first=False,
+        conv_bias=False,
+        codevector_dim=256,
+        proj_codevector_dim=256,
+        hubert_final_dim=256,
+    ),
+    "large": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        feat_extract_norm="layer",
+        layer_norm_first=True,
+        conv_bias=True,
+        codevector_dim=768,
+        proj_codevector_dim=768,
+        hubert_final_dim=768,
+    ),
+    "xlarge": dict(
+        hidden_size=1280,
+        num_hidden_layers=48,
+        num_attention_heads=16,
+        intermediate_size=5120,
+        feat_extract_norm="layer",
+        layer_norm_first=True,
+        conv_bias=True,
+        codevector_dim=1024,
+        proj_codevector_dim=1024,
+        hubert_final_dim=1024,
+    ),
+}
+
+# Objective-specific training settings from fairseq (base = group-norm models with the
+# 0.1 regularisation of the LibriSpeech-960 configs; large/xlarge = LibriVox configs).
+_OBJECTIVE_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("wav2vec2", "small"): dict(
+        mask_time_prob=0.65,
+        layerdrop=0.05,
+        feat_proj_dropout=0.1,
+        feat_quantizer_dropout=0.1,
+        feature_grad_mult=0.1,
+        gumbel_temperature_min=0.5,
+        feature_penalty_weight=10.0,
+    ),
+    ("wav2vec2", "big"): dict(
+        mask_time_prob=0.65,
+        layerdrop=0.0,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        feat_proj_dropout=0.0,
+        feat_quantizer_dropout=0.0,
+        feature_grad_mult=1.0,
+        gumbel_temperature_min=0.1,
+        feature_penalty_weight=0.0,  # wav2vec2_large_librivox.yaml: loss_weights [0.1, 0]
+    ),
+    ("hubert", "small"): dict(
+        mask_time_prob=0.8,
+        layerdrop=0.05,
+        feat_proj_dropout=0.1,
+        feat_quantizer_dropout=0.1,
+        feature_grad_mult=0.1,
+        feature_penalty_weight=10.0,
+    ),
+    ("hubert", "big"): dict(
+        mask_time_prob=0.8,
+        layerdrop=0.0,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        feat_proj_dropout=0.0,
+        feat_quantizer_dropout=0.0,
+        feature_grad_mult=1.0,
+        feature_penalty_weight=10.0,
+    ),
+}
+
+
+class SpeechEncoderConfig(PretrainedConfig):
+    r"""Configuration of the wav2vec 2.0 / HuBERT speech encoder and its objectives.
+
+    Backbone:
+        conv_dim, conv_kernel, conv_stride: the 7 feature-encoder conv layers (512 channels,
+            kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2 -> 320 samples = 20 ms per frame).
+        conv_bias: whether the conv layers have a bias (True for the layer-norm models).
+        feat_extract_norm: "group" (GroupNorm on the first conv layer only, base models) or
+            "layer" (LayerNorm after every conv layer, large models).
+        layer_norm_first: pre-LN transformer (large) instead of post-LN (base).
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer.
+        num_conv_pos_embeddings, num_conv_pos_embedding_groups: relative positional conv
+            (kernel 128, 16 groups).
+        hidden_dropout, attention_dropout, activation_dropout, feat_proj_dropout: dropouts
+            (fairseq: dropout, attention_dropout, activation_dropout, dropout_input).
+        feat_quantizer_dropout: dropout on the features fed to the quantizer / targets
+            (fairseq: dropout_features).
+        layerdrop: probability of skipping a transformer layer while training.
+        feature_grad_mult: gradient scale gamma applied to the feature encoder's output.
+
+    Masking (fairseq notation, see module docstring):
+        mask_time_prob, mask_time_length, mask_time_min_masks; mask_feature_prob,
+        mask_feature_length, mask_feature_min_masks (SpecAugment channel masking).
+        apply_spec_augment: apply time/channel masking in ``SpeechEncoderForCTC`` training.
+
+    Objectives (``objective`` = "wav2vec2" or "hubert"):
+        num_codevector_groups (G), num_codevectors_per_group (V), codevector_dim,
+        proj_codevector_dim, num_negatives (K), contrastive_logits_temperature (kappa),
+        diversity_loss_weight (alpha), feature_penalty_weight (beta),
+        gumbel_temperature_max / _min / _decay (tau schedule per update);
+        hubert_num_clusters (one K per label set), hubert_final_dim,
+        hubert_untie_final_proj, hubert_logit_temperature, hubert_pred_masked_weight,
+        hubert_pred_nomask_weight, label_rate (Hz of the targets: 50 or 100),
+        hubert_label_rate_tolerance_s.
+
+    CTC:
+        vocab_size, pad_token_id (= CTC blank), final_dropout, ctc_loss_reduction,
+        ctc_zero_infinity.
+    """
+
+    model_type = "speech_encoder"
+
+    def __init__(
+        self,
+        # feature encoder
+        conv_dim: tuple[int, ...] | list[int] = (512,) * 7,
+        conv_kernel: tuple[int, ...] | list[int] = (10, 3, 3, 3, 3, 2, 2),
+        conv_stride: tuple[int, ...] | list[int] = (5, 2, 2, 2, 2, 2, 2),
+        conv_bias: bool = False,
+        feat_extract_norm: str = "group",
+        # transformer
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        layer_norm_first: bool = False,
+        num_conv_pos_embeddings: int = 128,
+        num_conv_pos_embedding_groups: int = 16,
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation_dropout: float = 0.0,
+        feat_proj_dropout: float = 0.1,
+        feat_quantizer_dropout: float = 0.0,
+        layerdrop: float = 0.05,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        feature_grad_mult: float = 1.0,
+        # masking
+        apply_spec_augment: bool = True,
+        mask_time_prob: float = 0.05,
+        mask_time_length: int = 10,
+        mask_time_min_masks: int = 2,
+        mask_feature_prob: float = 0.0,
+        mask_feature_length: int = 10,
+        mask_feature_min_masks: int = 0,
+        # objectives
+        objective: str = "wav2vec2",
+        num_codevector_groups: int = 2,
+        num_codevectors_per_group: int = 320,
+        codevector_dim: int = 256,
+        proj_codevector_dim: int = 256,
+        num_negatives: int = 100,
+        contrastive_logits_temperature: float = 0.1,
+        diversity_loss_weight: float = 0.1,
+        feature_penalty_weight: float = 10.0,
+        gumbel_temperature_max: float = 2.0,
+        gumbel_temperature_min: float = 0.5,
+        gumbel_temperature_decay: float = 0.999995,
+        hubert_num_clusters: tuple[int, ...] | list[int] = (100,),
+        hubert_final_dim: int = 256,
+        hubert_untie_final_proj: bool = True,
+        hubert_logit_temperature: float = 0.1,
+        hubert_pred_masked_weight: float = 1.0,
+        hubert_pred_nomask_weight: float = 0.0,
+        label_rate: int = 50,
+        hubert_label_rate_tolerance_s: float = 0.1,
+        # CTC
+        vocab_size: int = 32,
+        final_dropout: float = 0.0,
+        ctc_loss_reduction: str = "mean",
+        ctc_zero_infinity: bool = True,
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        self.conv_dim = list(conv_dim)
+        self.conv_kernel = list(conv_kernel)
+        self.conv_stride = list(conv_stride)
+        if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
+            raise ValueError(
+                "conv_dim, conv_kernel and conv_stride must have one entry per conv layer; got "
+                f"{len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)}."
+            )
+        if feat_extract_norm not in ("group", "layer"):
+            raise ValueError(f"feat_extract_norm must be 'group' or 'layer', got {feat_extract_norm!r}.")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+        if hidden_size % num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})."
+            )
+        if codevector_dim % num_codevector_groups:
+            raise ValueError(
+                f"codevector_dim ({codevector_dim}) must be divisible by num_codevector_groups "
+                f"({num_codevector_groups})."
+            )
+        if label_rate not in (50, 100):
+            raise ValueError(f"label_rate must be 50 (frame rate) or 100 (MFCC rate) Hz, got {label_rate}.")
+        self.conv_bias = conv_bias
+        self.feat_extract_norm = feat_extract_norm
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.layer_norm_first = layer_norm_first
+        self.num_conv_pos_embeddings = num_conv_pos_embeddings
+        self.num_conv_pos_embedding_groups = num_conv_pos_embedding_groups
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.feat_proj_dropout = feat_proj_dropout
+        self.feat_quantizer_dropout = feat_quantizer_dropout
+        self.layerdrop = layerdrop
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.feature_grad_mult = feature_grad_mult
+        self.apply_spec_augment = apply_spec_augment
+        self.mask_time_prob = mask_time_prob
+        self.mask_time_length = mask_time_length
+        self.mask_time_min_masks = mask_time_min_masks
+        self.mask_feature_prob = mask_feature_prob
+        self.mask_feature_length = mask_feature_length
+        self.mask_feature_min_masks = mask_feature_min_masks
+        self.objective = objective
+        self.num_codevector_groups = num_codevector_groups
+        self.num_codevectors_per_group = num_codevectors_per_group
+        self.codevector_dim = codevector_dim
+        self.proj_codevector_dim = proj_codevector_dim
+        self.num_negatives = num_negatives
+        self.contrastive_logits_temperature = contrastive_logits_temperature
+        self.diversity_loss_weight = diversity_loss_weight
+        self.feature_penalty_weight = feature_penalty_weight
+        self.gumbel_temperature_max = gumbel_temperature_max
+        self.gumbel_temperature_min = gumbel_temperature_min
+        self.gumbel_temperature_decay = gumbel_temperature_decay
+        self.hubert_num_clusters = list(hubert_num_clusters)
+        self.hubert_final_dim = hubert_final_dim
+        self.hubert_untie_final_proj = hubert_untie_final_proj
+        self.hubert_logit_temperature = hubert_logit_temperature
+        self.hubert_pred_masked_weight = hubert_pred_masked_weight
+        self.hubert_pred_nomask_weight = hubert_pred_nomask_weight
+        self.label_rate = label_rate
+        self.hubert_label_rate_tolerance_s = hubert_label_rate_tolerance_s
+        self.vocab_size = vocab_size
+        self.final_dropout = final_dropout
+        self.ctc_loss_reduction = ctc_loss_reduction
+        self.ctc_zero_infinity = ctc_zero_infinity
+        super().__init__(
+            pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs
+        )
+
+    @property
+    def num_feat_extract_layers(self) -> int:
+        return len(self.conv_dim)
+
+    @property
+    def inputs_to_logits_ratio(self) -> int:
+        """Samples per output frame (320 at 16 kHz = 20 ms); used by transformers' ASR pipeline."""
+        ratio = 1
+        for stride in self.conv_stride:
+            ratio *= stride
+        return ratio
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples the conv feature encoder needs for one output frame (400 = 25 ms)."""
+        field = 1
+        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
+            field = (field - 1) * stride + kernel
+        return field
+
+    @classmethod
+    def from_preset(cls, name: str, objective: str = "wav2vec2", **overrides: Any) -> "SpeechEncoderConfig":
+        """Build the config of a paper-sized model (``tiny``, ``base``, ``large``, ``xlarge``).
+
+        ``objective`` selects fairseq's pretraining settings for that size (masking, dropouts,
+        layerdrop, gamma, temperature floor); ``overrides`` replace any field afterwards.
+        """
+        if name not in _BACKBONE_PRESETS:
+            raise ValueError(
+                f"Unknown preset {name!r}; choose one of {sorted(_BACKBONE_PRESETS)} "
+                "(or build SpeechEncoderConfig(...) with explicit fields)."
+            )
+        if objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {objective!r}; choose one of {OBJECTIVES}.")
+        size_class = "big" if name in ("large", "xlarge") else "small"
+        fields: dict[str, Any] = {"objective": objective}
+        fields.update(_OBJECTIVE_PRESETS[(objective, size_class)])
+        fields.update(_BACKBONE_PRESETS[name])
+        if name == "tiny":
+            fields.update(layerdrop=0.0)
+        fields.update(overrides)
+        return cls(**fields)
+
+
+PRESET_NAMES = tuple(_BACKBONE_PRESETS)
