@@ -102,8 +102,8 @@ class TransformerEncoder(nn.Module):
     """Positional conv + Transformer layers.
 
     ``hidden_states`` follow transformers' convention: entry 0 is the input of the first
-    layer, entry i the output of layer i; for pre-LN models the last entry is after the
-    final LayerNorm.
+    layer, entry i the output of layer i (for pre-LN models before the final LayerNorm,
+    which only ``last_hidden_state`` gets).
     """
 
     def __init__(self, config: SpeechEncoderConfig) -> None:
@@ -139,8 +139,8 @@ class TransformerEncoder(nn.Module):
                 hidden = checkpoint(layer, hidden, key_mask, use_reentrant=False)
             else:
                 hidden = layer(hidden, key_mask)
-        if self.layer_norm_first:
-            hidden = self.layer_norm(hidden)
         if output_hidden_states:
             all_hidden.append(hidden)
+        if self.layer_norm_first:
+            hidden = self.layer_norm(hidden)
         return hidden, tuple(all_hidden) if output_hidden_states else None
