@@ -233,6 +233,11 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
         Returns ``logits`` (B, T, vocab) and, with labels, the CTC loss (``config.ctc_loss_reduction``:
         "mean" divides each utterance's loss by its label length, then averages, as torch does).
         """
+        if labels is not None and labels.numel() and int(labels.max()) >= self.config.vocab_size:
+            raise ValueError(
+                f"labels contain id {int(labels.max())} but the CTC head has vocab_size="
+                f"{self.config.vocab_size}; build the model from the tokenizer (vocab_size=len(tokenizer))."
+            )
         outputs = self.speech_encoder(
             input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
             output_hidden_states=output_hidden_states,
@@ -245,11 +250,6 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
 
     def ctc_loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CTC loss of logits (B, T, V) with valid frame counts (B,) against labels (B, L) (-100 = pad)."""
-        if labels.numel() and int(labels.max()) >= self.config.vocab_size:
-            raise ValueError(
-                f"labels contain id {int(labels.max())} but the CTC head has vocab_size="
-                f"{self.config.vocab_size}; build the model from the tokenizer (vocab_size=len(tokenizer))."
-            )
         valid = labels >= 0
         target_lengths = valid.sum(-1)
         targets = labels.masked_select(valid)
