@@ -184,9 +184,8 @@ class SpeechEncoderModel(SpeechEncoderPreTrainedModel):
         """
         _check_input(input_values, attention_mask, self.config.receptive_field)
         sample_lengths = attention_mask.sum(-1) if attention_mask is not None else None
-        features = self.feature_encoder(input_values, sample_lengths)  # (B, C, T)
-        features = scale_gradient(features, self.config.feature_grad_mult) if self.training else features
-        features = features.transpose(1, 2)  # (B, T, C)
+        features = self.feature_encoder(input_values, sample_lengths)  # (B, T, C)
+        features = scale_gradient(features, self.config.feature_grad_mult)
         batch, frames = features.shape[:2]
         if sample_lengths is not None:
             frame_lengths = self.frame_lengths(sample_lengths)
