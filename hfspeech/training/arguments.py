@@ -1,0 +1,107 @@
+"""Run configuration: dataclasses read from a YAML file plus ``key=value`` overrides.
+
+Parsing goes through `transformers.HfArgumentParser`, so every field is typed and an
+unknown key is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from transformers import HfArgumentParser
+
+T = TypeVar("T")
+
+
+@dataclass
+class PretrainingArguments:
+    """Pretraining run (fairseq values as defaults where the papers give them)."""
+
+    output_dir: str = field(metadata={"help": "checkpoints, TensorBoard logs and the final model"})
+    model: str = field(default="tiny", metadata={"help": "a preset name (tiny/base/large/xlarge) or a model directory"})
+    objective: str = field(default="wav2vec2", metadata={"help": "wav2vec2 or hubert (with a preset)"})
+    model_overrides: dict = field(default_factory=dict, metadata={"help": "config fields replacing the preset's"})
+    train_data: str = field(default="", metadata={"help": "data source (path or librispeech:CONFIG/SPLIT)"})
+    labels: str = field(default="", metadata={"help": "HuBERT: labels directory written by `hfspeech labels assign`"})
+    max_batch_seconds: float = field(default=87.5, metadata={"help": "audio seconds per micro-batch (fairseq max_tokens 1.4M / 16 kHz)"})
+    max_sample_seconds: float = field(default=15.625, metadata={"help": "random crop length (fairseq max_sample_size 250k)"})
+    min_sample_seconds: float = field(default=2.0, metadata={"help": "shorter clips are dropped and counted (fairseq 32k)"})
+    learning_rate: float = 5e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_ratio: float = field(default=0.08, metadata={"help": "fraction of max_steps for linear warm-up (fairseq 32k/400k)"})
+    max_steps: int = 400_000
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 10.0
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
+    torch_compile: bool = False
+    save_steps: int = 1000
+    keep_checkpoints: int = 2
+    logging_steps: int = 10
+    seed: int = 1
+    resume: bool = field(default=True, metadata={"help": "continue from output_dir/latest when it exists"})
+    push_to_hub: bool = False
+    hub_model_id: str = ""
+
+
+@dataclass
+class FinetuningArguments:
+    """CTC fine-tuning run (fairseq base_10h-style defaults)."""
+
+    output_dir: str = field(metadata={"help": "checkpoints, logs and the final model + processor"})
+    model: str = field(metadata={"help": "pretrained hfspeech model directory"})
+    train_data: str = ""
+    dev_data: str = ""
+    learning_rate: float = 5e-5
+    max_steps: int = 20_000
+    freeze_transformer_steps: int = field(default=10_000, metadata={"help": "updates with only the CTC head trained"})
+    max_batch_seconds: float = 200.0
+    mask_time_prob: float = 0.5
+    mask_time_length: int = 10
+    mask_feature_prob: float = 0.1
+    mask_feature_length: int = 64
+    layerdrop: float = 0.1
+    final_dropout: float = 0.0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 0.0
+    eval_steps: int = 500
+    save_steps: int = 500
+    logging_steps: int = 10
+    seed: int = 1
+    mixed_precision: str = "no"
+    push_to_hub: bool = False
+    hub_model_id: str = ""
+
+
+def parse_arguments(dataclass_type: type[T], config_file: str | Path | None = None,
+                    overrides: list[str] | None = None) -> T:
+    """Read ``config_file`` (YAML mapping) then apply ``key=value`` overrides (values parsed as YAML).
+
+    Raises ValueError naming unknown keys and listing the valid ones.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.exists():
+            raise FileNotFoundError(f"Config file {path} does not exist.")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must hold a YAML mapping of field: value.")
+        values.update(loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} is not of the form key=value.")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = yaml.safe_load(raw)
+    valid = {f.name for f in dataclasses.fields(dataclass_type)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"Unknown config key(s) {unknown} for {dataclass_type.__name__}; valid keys: {sorted(valid)}.")
+    (parsed,) = HfArgumentParser(dataclass_type).parse_dict(values)
+    return parsed
