@@ -56,9 +56,22 @@ def test_conversion_reproduces_transformers(tmp_path, family, head, layout):
 
     generator = torch.Generator().manual_seed(1)
     audio = torch.randn(2, 8000, generator=generator)
+    inputs = {}
+    if head == "ForPreTraining":  # the fidelity check: same masks and negatives, eval mode
+        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+        frames = int(ours.frame_lengths(torch.tensor([8000]))[0])
+        mask = _compute_mask_indices((2, frames), mask_prob=0.5, mask_length=3, min_masks=2)
+        negatives = _sample_negative_indices((2, frames), 5, mask_time_indices=mask)
+        inputs = dict(mask_time_indices=torch.from_numpy(mask), sampled_negative_indices=torch.from_numpy(negatives))
     with torch.no_grad():
-        expected = reference(audio, output_hidden_states=True)
-        got = ours(audio, output_hidden_states=True)
+        expected = reference(audio, output_hidden_states=True, **inputs)
+        got = ours(audio, output_hidden_states=True, **inputs)
+    if head == "ForPreTraining":
+        # transformers sums both terms over masked steps, as fairseq and we do
+        torch.testing.assert_close(got.contrastive_loss, expected.contrastive_loss, atol=0, rtol=1e-4)
+        torch.testing.assert_close(got.diversity_loss, expected.diversity_loss, atol=0, rtol=1e-4)
+        torch.testing.assert_close(got.codevector_perplexity, expected.codevector_perplexity, atol=0, rtol=1e-4)
     assert len(got.hidden_states) == len(expected.hidden_states)
     for ours_layer, reference_layer in zip(got.hidden_states, expected.hidden_states):
         torch.testing.assert_close(ours_layer, reference_layer, atol=1e-4, rtol=1e-4)
