@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCTC, AutoModelForPre
 from .configuration import PRESET_NAMES, SpeechEncoderConfig
 from .modeling.models import SpeechEncoderForCTC, SpeechEncoderModel, SpeechEncoderPreTrainedModel
 from .modeling.pretraining import SpeechEncoderForPreTraining
+from .processing import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor, register_auto_classes
 
 __version__ = "0.1.0"
 
@@ -17,12 +18,16 @@ AutoConfig.register(SpeechEncoderConfig.model_type, SpeechEncoderConfig, exist_o
 AutoModel.register(SpeechEncoderConfig, SpeechEncoderModel, exist_ok=True)
 AutoModelForCTC.register(SpeechEncoderConfig, SpeechEncoderForCTC, exist_ok=True)
 AutoModelForPreTraining.register(SpeechEncoderConfig, SpeechEncoderForPreTraining, exist_ok=True)
+register_auto_classes(SpeechEncoderConfig)
 
 __all__ = [
+    "CharacterCTCTokenizer",
     "PRESET_NAMES",
     "SpeechEncoderConfig",
     "SpeechEncoderForCTC",
     "SpeechEncoderForPreTraining",
     "SpeechEncoderModel",
     "SpeechEncoderPreTrainedModel",
+    "SpeechFeatureExtractor",
+    "SpeechProcessor",
 ]

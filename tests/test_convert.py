@@ -130,3 +130,30 @@ def test_missing_weights_file_is_named(tmp_path):
     config.save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         convert_transformers_checkpoint(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("saved_by", ["transformers_processor", "hfspeech_processor"])
+def test_feature_extractor_and_tokenizer_travel_both_ways(tmp_path, saved_by):
+    from hfspeech import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor
+
+    reference = _reference_model("Wav2Vec2", "ForCTC", "base")
+    reference.save_pretrained(tmp_path / "source")
+    vocabulary = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "E": 5, "T": 6, "A": 7, "O": 8, "N": 9, "'": 10, "Z": 11}
+    (tmp_path / "vocab.json").write_text(__import__("json").dumps(vocabulary))
+    if saved_by == "transformers_processor":
+        tokenizer = transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"))
+        extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
+        transformers.Wav2Vec2Processor(extractor, tokenizer).save_pretrained(tmp_path / "source")
+    else:
+        tokenizer = CharacterCTCTokenizer(vocab_file=str(tmp_path / "vocab.json"))
+        extractor = SpeechFeatureExtractor(return_attention_mask=False)
+        SpeechProcessor(extractor, tokenizer).save_pretrained(tmp_path / "source")
+    convert_transformers_checkpoint(tmp_path / "source", tmp_path / "ours")
+    ours = transformers.AutoProcessor.from_pretrained(tmp_path / "ours")
+    assert isinstance(ours, SpeechProcessor)
+    assert ours.tokenizer.get_vocab() == vocabulary
+    assert ours.feature_extractor.return_attention_mask is False
+    convert_to_transformers(tmp_path / "ours", tmp_path / "back")
+    back_tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(tmp_path / "back")
+    assert back_tokenizer.get_vocab() == vocabulary
+    assert transformers.Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / "back").return_attention_mask is False

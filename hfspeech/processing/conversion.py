@@ -11,15 +11,26 @@ logger = logging.getLogger(__name__)
 _FEATURE_EXTRACTOR_FIELDS = ("sampling_rate", "padding_value", "do_normalize", "return_attention_mask", "padding_side")
 
 
+def _feature_extractor_fields(source_dir: Path) -> dict | None:
+    """Feature-extractor settings from ``preprocessor_config.json`` or, as transformers 5
+    processors save them, the ``feature_extractor`` entry of ``processor_config.json``."""
+    preprocessor = source_dir / "preprocessor_config.json"
+    if preprocessor.exists():
+        return json.loads(preprocessor.read_text())
+    processor = source_dir / "processor_config.json"
+    if processor.exists():
+        return json.loads(processor.read_text()).get("feature_extractor")
+    return None
+
+
 def convert_processing_files(source_dir: Path, output_dir: Path, to_transformers: bool = False) -> list[str]:
     """Convert ``preprocessor_config.json`` and ``vocab.json`` found in ``source_dir``.
 
     Returns the names of what was converted (empty when the source has neither).
     """
     converted = []
-    preprocessor = source_dir / "preprocessor_config.json"
-    if preprocessor.exists():
-        fields = json.loads(preprocessor.read_text())
+    fields = _feature_extractor_fields(source_dir)
+    if fields is not None:
         kwargs = {name: fields[name] for name in _FEATURE_EXTRACTOR_FIELDS if name in fields}
         if to_transformers:
             from transformers import Wav2Vec2FeatureExtractor as FeatureExtractor
