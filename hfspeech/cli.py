@@ -14,6 +14,10 @@ import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
     "hfspeech.modeling.commands",
+    "hfspeech.data.commands",
+    "hfspeech.decoding.commands",
+    "hfspeech.targets.commands",
+    "hfspeech.training.commands",
 )
 
 

@@ -6,6 +6,7 @@ the objective chosen by ``config.objective``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -211,6 +212,9 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
         self.speech_encoder = SpeechEncoderModel(config)
         self.dropout = nn.Dropout(config.final_dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        # fairseq's freeze_finetune_updates: while True the backbone runs without gradients
+        # (only the CTC head learns); the training loop switches it off after N updates.
+        self.backbone_frozen = False
         self.post_init()
 
     def freeze_feature_encoder(self) -> None:
@@ -237,10 +241,11 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
                 f"labels contain id {int(labels.max())} but the CTC head has vocab_size="
                 f"{self.config.vocab_size}; build the model from the tokenizer (vocab_size=len(tokenizer))."
             )
-        outputs = self.speech_encoder(
-            input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
-            output_hidden_states=output_hidden_states,
-        )
+        with torch.no_grad() if self.backbone_frozen else contextlib.nullcontext():
+            outputs = self.speech_encoder(
+                input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
+                output_hidden_states=output_hidden_states,
+            )
         logits = self.lm_head(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:

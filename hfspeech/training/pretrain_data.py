@@ -1,0 +1,80 @@
+"""Pretraining batches: a data source (+ HuBERT labels) -> this process's cropped micro-batches."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..configuration import SpeechEncoderConfig
+from ..data import DurationBucketBatchSampler, HubertCollator, PretrainingCollator, drop_short_utterances, load_source
+from .arguments import PretrainingArguments
+from .pretrain_loop import BatchFactory
+
+logger = logging.getLogger(__name__)
+
+
+def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
+    """Add a ``labels`` column (one int list per label set) from an `hfspeech labels assign` directory.
+
+    Refuses labels whose rate or cluster counts disagree with the model's config, and
+    utterances that have no labels (named in the error).
+    """
+    from ..targets.assign import read_label_directory
+
+    metadata, ids, label_sets = read_label_directory(labels_dir)
+    if int(metadata.label_rate) != int(config.label_rate):
+        raise ValueError(
+            f"{labels_dir}: labels tick at {metadata.label_rate:g} Hz but the model expects label_rate="
+            f"{config.label_rate} Hz; set model_overrides.label_rate={metadata.label_rate:g} or use matching labels."
+        )
+    if list(metadata.num_clusters) != list(config.hubert_num_clusters):
+        raise ValueError(
+            f"{labels_dir}: label sets with K={metadata.num_clusters} but the model predicts "
+            f"K={config.hubert_num_clusters}; set model_overrides.hubert_num_clusters={metadata.num_clusters}."
+        )
+    position = {utterance_id: index for index, utterance_id in enumerate(ids)}
+    missing = [utterance_id for utterance_id in dataset["id"] if utterance_id not in position]
+    if missing:
+        raise ValueError(f"{len(missing)} utterance(s) have no labels in {labels_dir} (e.g. {missing[:5]}); "
+                         "assign labels for this exact data source.")
+    column = [[label_sets[k][position[utterance_id]].tolist() for k in metadata.num_clusters]
+              for utterance_id in dataset["id"]]
+    return dataset.add_column("labels", column), metadata.label_rate
+
+
+def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderConfig, num_processes: int = 1,
+                              process_index: int = 0) -> tuple[BatchFactory, dict[str, Any]]:
+    """Return ``batches_for_epoch`` for `run_pretraining` and a summary of the data used."""
+    dataset = load_source(args.train_data)
+    dataset, dropped = drop_short_utterances(dataset, min_samples=int(args.min_sample_seconds * 16000))
+    if dropped:
+        logger.warning("Dropped %d utterance(s) shorter than %.2f s (min_sample_seconds).", dropped, args.min_sample_seconds)
+    if len(dataset) == 0:
+        raise ValueError(f"{args.train_data}: no utterance is at least {args.min_sample_seconds} s long; "
+                         "lower min_sample_seconds or add data.")
+    max_samples = int(args.max_sample_seconds * 16000)
+    generator = torch.Generator()
+    if config.objective == "hubert":
+        if not args.labels:
+            raise ValueError("HuBERT pretraining needs `labels`: a directory written by `hfspeech labels assign`.")
+        dataset, label_rate = attach_labels(dataset, args.labels, config)
+        collator = HubertCollator(label_rates=label_rate, max_samples=max_samples, crop_to_shortest=True,
+                                  normalize=True, generator=generator)
+    else:
+        collator = PretrainingCollator(max_samples=max_samples, crop_to_shortest=True, normalize=True, generator=generator)
+    durations = np.minimum(np.asarray(dataset["duration"], dtype=np.float64), args.max_sample_seconds)
+    sampler = DurationBucketBatchSampler(durations, args.max_batch_seconds, seed=args.seed, num_replicas=num_processes,
+                                         rank=process_index, ids=dataset["id"])
+
+    def batches_for_epoch(epoch: int):
+        sampler.set_epoch(epoch)
+        generator.manual_seed(args.seed * 10_007 + epoch * 101 + process_index)  # crops replay on resume
+        return iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collator))
+
+    summary = {"utterances": len(dataset), "hours": float(np.sum(dataset["duration"])) / 3600,
+               "dropped_short": int(dropped or 0), "batches_per_epoch": len(sampler)}
+    return batches_for_epoch, summary
