@@ -1,0 +1,83 @@
+"""CTC fine-tuning loop and the pretrain/finetune CLI on real AN4 audio (tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from hfspeech.cli import main as cli_main
+from hfspeech.modeling.commands import initialise_pretraining_model
+from hfspeech.training.arguments import FinetuningArguments
+from hfspeech.training.finetune_loop import run_finetuning
+
+AN4 = str(Path(__file__).parent / "fixtures" / "an4")
+FILE = Path(AN4) / "fash" / "an255-fash-b.flac"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("init") / "model"
+    initialise_pretraining_model(directory, "wav2vec2", "tiny")
+    return directory
+
+
+def finetune(pretrained: Path, output: Path, **overrides) -> dict:
+    fields = dict(output_dir=str(output), model=str(pretrained), train_data=AN4, dev_data=AN4, learning_rate=2e-3,
+                  max_steps=30, freeze_transformer_steps=3, max_batch_seconds=8.0, eval_steps=15, save_steps=15,
+                  mask_time_prob=0.05, mask_feature_prob=0.0, layerdrop=0.0, seed=3)
+    fields.update(overrides)
+    return run_finetuning(FinetuningArguments(**fields))
+
+
+def test_finetuning_learns_and_writes_a_pipeline_ready_directory(pretrained, tmp_path):
+    result = finetune(pretrained, tmp_path / "run")
+    losses = result["train_losses"]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, losses
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "dev_metrics.json").read_text()).keys() == {"wer", "cer"}
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+    recognizer = transformers.pipeline("automatic-speech-recognition", model=str(final))
+    assert isinstance(recognizer(str(FILE))["text"], str)
+
+
+def test_backbone_is_frozen_for_the_first_updates(pretrained, tmp_path):
+    finetune(pretrained, tmp_path / "run", max_steps=3, freeze_transformer_steps=3, eval_steps=100)
+    before = load_file(str(pretrained / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    backbone = [key for key in after if key.startswith("speech_encoder.") and not key.endswith("masked_spec_embed")]
+    assert backbone
+    for key in backbone:
+        torch.testing.assert_close(after[key], before[key], atol=0, rtol=0, msg=key)
+    assert "lm_head.weight" in after  # the head exists and was trained from scratch
+
+
+def test_finetuning_refuses_unlabeled_data(pretrained, tmp_path):
+    unlabeled = tmp_path / "audio"
+    unlabeled.mkdir()
+    (unlabeled / "a.flac").write_bytes(FILE.read_bytes())
+    with pytest.raises(ValueError, match="no transcripts"):
+        finetune(pretrained, tmp_path / "run", train_data=str(unlabeled), dev_data="")
+
+
+def test_cli_pretrain_then_finetune(tmp_path):
+    recipes = Path(__file__).parents[1] / "recipes" / "tiny"
+    assert cli_main(["pretrain", str(recipes / "pretrain_wav2vec2.yaml"), f"output_dir={tmp_path}/pt", "max_steps=3",
+                     f"train_data={AN4}"]) == 0
+    assert (tmp_path / "pt" / "final" / "model.safetensors").exists()
+    assert cli_main(["finetune", str(recipes / "finetune.yaml"), f"output_dir={tmp_path}/ft", f"model={tmp_path}/pt/final",
+                     "max_steps=3", f"train_data={AN4}", f"dev_data={AN4}"]) == 0
+    assert (tmp_path / "ft" / "final" / "vocab.json").exists()
+
+
+def test_cli_rejects_unknown_config_keys(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: x\nlearning_rat: 0.1\n")
+    assert cli_main(["pretrain", str(config)]) == 2
+    assert "learning_rat" in capsys.readouterr().err
