@@ -81,3 +81,19 @@ def test_cli_rejects_unknown_config_keys(tmp_path, capsys):
     config.write_text("output_dir: x\nlearning_rat: 0.1\n")
     assert cli_main(["pretrain", str(config)]) == 2
     assert "learning_rat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*/*.yaml")),
+                         ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_every_recipe_parses(recipe):
+    from hfspeech.training.arguments import FinetuningArguments, PretrainingArguments, parse_arguments
+
+    if recipe.parent.name == "accelerate":
+        return
+    kind = FinetuningArguments if "finetune" in recipe.name else PretrainingArguments
+    args = parse_arguments(kind, recipe)
+    assert args.output_dir and args.max_steps > 0
+    if kind is PretrainingArguments and args.model in ("base", "large", "xlarge", "tiny"):
+        from hfspeech.configuration import SpeechEncoderConfig
+
+        SpeechEncoderConfig.from_preset(args.model, objective=args.objective, **args.model_overrides)

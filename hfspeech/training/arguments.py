@@ -25,7 +25,8 @@ class PretrainingArguments:
     model: str = field(default="tiny", metadata={"help": "a preset name (tiny/base/large/xlarge) or a model directory"})
     objective: str = field(default="wav2vec2", metadata={"help": "wav2vec2 or hubert (with a preset)"})
     model_overrides: dict = field(default_factory=dict, metadata={"help": "config fields replacing the preset's"})
-    train_data: str = field(default="", metadata={"help": "data source (path or librispeech:CONFIG/SPLIT)"})
+    train_data: str = field(default="", metadata={"help": "data source(s), comma-separated (path or librispeech:CONFIG/SPLIT)"})
+    train_split: str = field(default="", metadata={"help": "split of a local LibriSpeech/Libri-light source"})
     labels: str = field(default="", metadata={"help": "HuBERT: labels directory written by `hfspeech labels assign`"})
     max_batch_seconds: float = field(default=87.5, metadata={"help": "audio seconds per micro-batch (fairseq max_tokens 1.4M / 16 kHz)"})
     max_sample_seconds: float = field(default=15.625, metadata={"help": "random crop length (fairseq max_sample_size 250k)"})
@@ -56,8 +57,10 @@ class FinetuningArguments:
 
     output_dir: str = field(metadata={"help": "checkpoints, logs and the final model + processor"})
     model: str = field(metadata={"help": "pretrained hfspeech model directory"})
-    train_data: str = ""
+    train_data: str = field(default="", metadata={"help": "labeled source(s), comma-separated"})
+    train_split: str = field(default="", metadata={"help": "split of a local LibriSpeech/Libri-light source (10min, 1h, ...)"})
     dev_data: str = ""
+    dev_split: str = ""
     learning_rate: float = 5e-5
     max_steps: int = 20_000
     freeze_transformer_steps: int = field(default=10_000, metadata={"help": "updates with only the CTC head trained"})
@@ -67,6 +70,7 @@ class FinetuningArguments:
     mask_feature_prob: float = 0.1
     mask_feature_length: int = 64
     layerdrop: float = 0.1
+    activation_dropout: float = 0.1
     final_dropout: float = 0.0
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 0.0
@@ -105,3 +109,16 @@ def parse_arguments(dataclass_type: type[T], config_file: str | Path | None = No
         raise ValueError(f"Unknown config key(s) {unknown} for {dataclass_type.__name__}; valid keys: {sorted(valid)}.")
     (parsed,) = HfArgumentParser(dataclass_type).parse_dict(values)
     return parsed
+
+
+def load_sources(specs: str, split: str = ""):
+    """`hfspeech.data.load_source` for each comma-separated spec, concatenated into one dataset."""
+    import datasets
+
+    from ..data import load_source
+
+    parts = [spec.strip() for spec in specs.split(",") if spec.strip()]
+    if not parts:
+        raise ValueError("No data source given: set train_data (a path or librispeech:CONFIG/SPLIT).")
+    loaded = [load_source(spec, split=split or None) for spec in parts]
+    return loaded[0] if len(loaded) == 1 else datasets.concatenate_datasets(loaded)

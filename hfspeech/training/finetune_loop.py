@@ -20,10 +20,10 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import CTCCollator, DurationBucketBatchSampler, TextNormalizer, load_source
+from ..data import CTCCollator, DurationBucketBatchSampler, TextNormalizer
 from ..modeling.models import SpeechEncoderForCTC
 from ..processing import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor
-from .arguments import FinetuningArguments
+from .arguments import FinetuningArguments, load_sources
 from .checkpoints import latest_checkpoint, load_training_state, save_checkpoint
 from .pretrain_loop import _EpochStream, _summary_writer
 from .schedules import build_scheduler
@@ -73,7 +73,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     output_dir = Path(args.output_dir)
     torch.manual_seed(args.seed)
     normalizer = TextNormalizer()
-    train = load_source(args.train_data)
+    train = load_sources(args.train_data, args.train_split)
     if "text" not in train.column_names:
         raise ValueError(f"{args.train_data} has no transcripts: CTC fine-tuning needs labeled audio.")
     transcripts = [normalizer(text, utterance_id) for text, utterance_id in zip(train["text"], train["id"])]
@@ -83,7 +83,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         args.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         mask_time_prob=args.mask_time_prob, mask_time_length=args.mask_time_length,
         mask_feature_prob=args.mask_feature_prob, mask_feature_length=args.mask_feature_length,
-        layerdrop=args.layerdrop, final_dropout=args.final_dropout, apply_spec_augment=True,
+        layerdrop=args.layerdrop, final_dropout=args.final_dropout, activation_dropout=args.activation_dropout, apply_spec_augment=True,
         ctc_loss_reduction="mean",
     )
     model.freeze_feature_encoder()
@@ -93,7 +93,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         rank=accelerator.process_index, ids=train["id"])
     dev_loader = None
     if args.dev_data:
-        dev = load_source(args.dev_data)
+        dev = load_sources(args.dev_data, args.dev_split)
         dev_sampler = DurationBucketBatchSampler(
             dev["duration"], args.max_batch_seconds, shuffle=False, num_replicas=accelerator.num_processes,
             rank=accelerator.process_index, uneven="drop" if accelerator.num_processes > 1 else "pad", ids=dev["id"])

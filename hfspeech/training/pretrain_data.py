@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..configuration import SpeechEncoderConfig
-from ..data import DurationBucketBatchSampler, HubertCollator, PretrainingCollator, drop_short_utterances, load_source
-from .arguments import PretrainingArguments
+from ..data import DurationBucketBatchSampler, HubertCollator, PretrainingCollator, drop_short_utterances
+from .arguments import PretrainingArguments, load_sources
 from .pretrain_loop import BatchFactory
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
 def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderConfig, num_processes: int = 1,
                               process_index: int = 0) -> tuple[BatchFactory, dict[str, Any]]:
     """Return ``batches_for_epoch`` for `run_pretraining` and a summary of the data used."""
-    dataset = load_source(args.train_data)
+    dataset = load_sources(args.train_data, args.train_split)
     dataset, dropped = drop_short_utterances(dataset, min_samples=int(args.min_sample_seconds * 16000))
     if dropped:
         logger.warning("Dropped %d utterance(s) shorter than %.2f s (min_sample_seconds).", dropped, args.min_sample_seconds)
