@@ -1,0 +1,251 @@
+"""HuBERT's objective: predict frame cluster ids (one or several label sets) from masked inputs.
+
+For label set i with K_i clusters and codeword embeddings e_{i,c}, the logits of frame t are
+``cos(P_i h_t, e_{i,c}) / tau`` (P_i = slice i of ``final_proj`` when untied). Reductions follow
+fairseq's ``hubert`` criterion (SUMS, not means):
+
+    loss = w_m * sum_i sum_{t masked} CE_i(t) + w_u * sum_i sum_{t unmasked} CE_i(t)
+           + feature_penalty_weight * feature_penalty * sample_size,
+
+with ``sample_size`` = number of masked frames if w_m > 0 plus unmasked frames if w_u > 0.
+fairseq scores the positive against all K_i codewords and sets the duplicate positive to
+-inf, which is the plain K_i-way cross-entropy used here.
+
+Frames whose aligned label is -100 (the tolerated tail where the audio outlasts the labels)
+take part in no term; fairseq instead crops the batch to the shortest label sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+__all__ = ["HubertObjective", "HubertObjectiveOutput", "align_labels_to_frames", "FRAME_RATE_HZ"]
+
+FRAME_RATE_HZ = 50
+IGNORE_INDEX = -100
+
+
+def align_labels_to_frames(
+    labels: torch.Tensor,
+    label_rate: int,
+    num_frames: int,
+    frame_lengths: torch.Tensor,
+    utterance_ids: list[str] | None = None,
+    tolerance_s: float = 0.1,
+) -> torch.Tensor:
+    """Map labels at ``label_rate`` Hz onto the 50 Hz frames: frame t takes label ``floor(t * rate / 50)``.
+
+    Args:
+        labels: (B, T_label) long cluster ids, right-padded with -100.
+        label_rate: Hz of the labels (100 for MFCC-based labels, 50 for frame-based ones).
+        num_frames: T, padded frames of the batch.
+        frame_lengths: (B,) valid frames per utterance.
+        utterance_ids: names used in error messages (default: batch indices).
+        tolerance_s: largest accepted |label duration - audio duration| in seconds (fairseq 0.1).
+
+    Returns:
+        (B, T) long labels, -100 on padding frames and on valid frames past the last label.
+
+    Raises:
+        ValueError: labels and audio durations differ by more than ``tolerance_s`` (naming the
+            utterance, both lengths and durations), labels not right-padded, or bad shapes.
+    """
+    if labels.dim() != 2 or labels.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"labels must be a (B, T_label) integer tensor, got {tuple(labels.shape)} {labels.dtype}.")
+    if label_rate <= 0 or label_rate % FRAME_RATE_HZ and FRAME_RATE_HZ % label_rate:
+        raise ValueError(f"label_rate must be a positive multiple or divisor of {FRAME_RATE_HZ} Hz, got {label_rate}.")
+    batch_size = labels.shape[0]
+    if frame_lengths.shape != (batch_size,):
+        raise ValueError(f"frame_lengths must have shape ({batch_size},), got {tuple(frame_lengths.shape)}.")
+    names = utterance_ids if utterance_ids is not None else [f"#{b} of the batch" for b in range(batch_size)]
+    if len(names) != batch_size:
+        raise ValueError(f"Got {len(names)} utterance_ids for a batch of {batch_size}.")
+    labels = labels.long()
+    valid = labels != IGNORE_INDEX
+    label_lengths = valid.sum(dim=1)
+    positions = torch.arange(labels.shape[1], device=labels.device)
+    not_right_padded = (valid != (positions[None, :] < label_lengths[:, None])).any(dim=1)
+    negative = (valid & (labels < 0)).any(dim=1)
+    for problem, message in (
+        (not_right_padded, "has -100 padding before its last label; pad labels on the right only"),
+        (negative, "has negative cluster ids other than the -100 padding"),
+    ):
+        if problem.any():
+            row = int(problem.nonzero()[0, 0])
+            raise ValueError(f"Labels of utterance {names[row]} {message}.")
+    frame_lengths = frame_lengths.to(labels.device).long()
+    label_seconds = label_lengths.double() / label_rate
+    audio_seconds = frame_lengths.double() / FRAME_RATE_HZ
+    off = (label_seconds - audio_seconds).abs() > tolerance_s + 1e-9
+    if off.any():
+        row = int(off.nonzero()[0, 0])
+        raise ValueError(
+            f"Utterance {names[row]}: {int(label_lengths[row])} labels at {label_rate} Hz "
+            f"({float(label_seconds[row]):.3f} s) but {int(frame_lengths[row])} frames at {FRAME_RATE_HZ} Hz "
+            f"({float(audio_seconds[row]):.3f} s) of audio, a difference above the tolerance of {tolerance_s} s "
+            "(config.hubert_label_rate_tolerance_s). Recompute the labels from this audio or check that the "
+            "label file and the manifest list utterances in the same order."
+        )
+    frame_index = torch.arange(num_frames, device=labels.device)
+    source = (frame_index * label_rate) // FRAME_RATE_HZ  # (T,)
+    present = (frame_index[None, :] < frame_lengths[:, None]) & (source[None, :] < label_lengths[:, None])
+    gathered = labels.gather(1, source.clamp_max(max(labels.shape[1] - 1, 0)).expand(batch_size, -1)) \
+        if labels.shape[1] else torch.full((batch_size, num_frames), IGNORE_INDEX, device=labels.device)
+    return torch.where(present, gathered, torch.full_like(gathered, IGNORE_INDEX))
+
+
+@dataclass
+class HubertObjectiveOutput(ModelOutput):
+    """Loss terms and metrics of `HubertObjective` (sums over frames, see the module docstring).
+
+    Attributes:
+        loss: weighted masked + unmasked cross-entropy + feature penalty term.
+        masked_loss: cross-entropy summed over masked frames and label sets (unweighted).
+        unmasked_loss: same over unmasked valid frames (computed even when its weight is 0).
+        feature_penalty: the input mean squared conv feature (before weighting).
+        masked_accuracy: (num_label_sets,) accuracy of the argmax on masked frames.
+        unmasked_accuracy: (num_label_sets,) same on unmasked frames.
+        num_masked: masked frames with labels; num_unmasked: unmasked valid frames with labels.
+        sample_size: fairseq's sample size (the frames whose loss has non-zero weight).
+        logits_masked: list, per label set, of (num_masked, K_i) logits.
+        hidden_states: filled by the pretraining model when asked for hidden states.
+    """
+
+    loss: torch.Tensor | None = None
+    masked_loss: torch.Tensor | None = None
+    unmasked_loss: torch.Tensor | None = None
+    feature_penalty: torch.Tensor | None = None
+    masked_accuracy: torch.Tensor | None = None
+    unmasked_accuracy: torch.Tensor | None = None
+    num_masked: torch.Tensor | None = None
+    num_unmasked: torch.Tensor | None = None
+    sample_size: torch.Tensor | None = None
+    logits_masked: list[torch.Tensor] = field(default=None)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if targets.numel() == 0:
+        return logits.new_zeros((), dtype=torch.float32)
+    return (logits.argmax(dim=-1) == targets).float().mean()
+
+
+class HubertObjective(nn.Module):
+    """``final_proj`` + codeword embeddings (fairseq's ``label_embs_concat`` layout)."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.num_clusters = [int(k) for k in config.hubert_num_clusters]
+        if not self.num_clusters or min(self.num_clusters) < 2:
+            raise ValueError(
+                f"config.hubert_num_clusters must list one cluster count >= 2 per label set, got "
+                f"{config.hubert_num_clusters}."
+            )
+        final_dim = config.hubert_final_dim
+        self.untie_final_proj = bool(config.hubert_untie_final_proj)
+        num_sets = len(self.num_clusters) if self.untie_final_proj else 1
+        self.final_proj = nn.Linear(config.hidden_size, final_dim * num_sets)
+        self.label_embeddings = nn.Parameter(torch.empty(sum(self.num_clusters), final_dim))
+        self.init_weights_()
+
+    @torch.no_grad()
+    def init_weights_(self) -> None:
+        """fairseq init of the codeword embeddings: U[0, 1)."""
+        init.uniform_(self.label_embeddings)
+
+    def label_logits(self, hidden_states: torch.Tensor) -> list[torch.Tensor]:
+        """(N, H) frames -> per label set i, (N, K_i) logits ``cos(P_i h, e_{i,c}) / tau``."""
+        projected = self.final_proj(hidden_states)
+        if self.untie_final_proj:
+            projections = projected.chunk(len(self.num_clusters), dim=-1)
+        else:
+            projections = [projected] * len(self.num_clusters)
+        embeddings = self.label_embeddings.split(self.num_clusters, dim=0)
+        logits = []
+        for projection, codewords in zip(projections, embeddings):
+            cosine = F.normalize(projection.float(), dim=-1, eps=1e-8) @ F.normalize(codewords.float(), dim=-1, eps=1e-8).T
+            logits.append(cosine / self.config.hubert_logit_temperature)
+        return logits
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        mask_time_indices: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        labels: list[torch.Tensor],
+        feature_penalty: torch.Tensor | None = None,
+    ) -> HubertObjectiveOutput:
+        """Compute the HuBERT loss.
+
+        Args:
+            hidden_states: (B, T, H) transformer output (from masked inputs).
+            mask_time_indices: (B, T) bool masked frames.
+            frame_mask: (B, T) bool valid frames (None = all valid).
+            labels: one (B, T) long tensor per label set, aligned to frames (see
+                `align_labels_to_frames`), -100 where there is no label.
+            feature_penalty: scalar mean squared conv feature; None = no penalty term.
+        """
+        batch_size, num_frames, _ = hidden_states.shape
+        if len(labels) != len(self.num_clusters):
+            raise ValueError(
+                f"Got {len(labels)} label sets but config.hubert_num_clusters={self.num_clusters} "
+                "expects one per entry."
+            )
+        for i, (label_set, clusters) in enumerate(zip(labels, self.num_clusters)):
+            if label_set.shape != (batch_size, num_frames):
+                raise ValueError(
+                    f"Label set {i} has shape {tuple(label_set.shape)}; expected (B, T) = ({batch_size}, "
+                    f"{num_frames}); align it with align_labels_to_frames first."
+                )
+            bad = (label_set != IGNORE_INDEX) & ((label_set < 0) | (label_set >= clusters))
+            if bad.any():
+                raise ValueError(
+                    f"Label set {i} holds cluster ids outside [0, {clusters}) (e.g. {int(label_set[bad][0])}); "
+                    "check config.hubert_num_clusters against the k-means model that made the labels."
+                )
+        mask = mask_time_indices.to(torch.bool)
+        valid = frame_mask.to(torch.bool) if frame_mask is not None else torch.ones_like(mask)
+        for label_set in labels:
+            valid = valid & (label_set != IGNORE_INDEX)
+        masked, unmasked = valid & mask, valid & ~mask
+        config = self.config
+        terms = {}
+        for name, selection in (("masked", masked), ("unmasked", unmasked)):
+            weight = config.hubert_pred_masked_weight if name == "masked" else config.hubert_pred_nomask_weight
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+                logits = self.label_logits(hidden_states[selection])
+            targets = [label_set[selection].long() for label_set in labels]
+            loss = sum(F.cross_entropy(l, t, reduction="sum") for l, t in zip(logits, targets))
+            accuracy = torch.stack([_accuracy(l.detach(), t) for l, t in zip(logits, targets)])
+            terms[name] = (weight, loss, accuracy, selection.sum(), logits)
+        weight_m, masked_loss, masked_accuracy, num_masked, logits_masked = terms["masked"]
+        weight_u, unmasked_loss, unmasked_accuracy, num_unmasked, _ = terms["unmasked"]
+        loss = hidden_states.new_zeros((), dtype=torch.float32)
+        sample_size = torch.zeros_like(num_masked)
+        if weight_m > 0:
+            loss = loss + weight_m * masked_loss
+            sample_size = sample_size + num_masked
+        if weight_u > 0:
+            loss = loss + weight_u * unmasked_loss
+            sample_size = sample_size + num_unmasked
+        if feature_penalty is not None:
+            loss = loss + config.feature_penalty_weight * feature_penalty.float() * sample_size
+        return HubertObjectiveOutput(
+            loss=loss,
+            masked_loss=masked_loss,
+            unmasked_loss=unmasked_loss,
+            feature_penalty=feature_penalty,
+            masked_accuracy=masked_accuracy,
+            unmasked_accuracy=unmasked_accuracy,
+            num_masked=num_masked,
+            num_unmasked=num_unmasked,
+            sample_size=sample_size,
+            logits_masked=logits_masked,
+        )

@@ -1,0 +1,192 @@
+"""wav2vec 2.0's objective: contrastive InfoNCE over quantized targets + diversity + feature penalty.
+
+For every masked step t, the context vector c_t = ``project_hid(h_t)`` must pick its quantized
+target q_t = ``project_q(quantize(z_t))`` among 1 + K candidates (q_t and K distractors drawn
+from other masked steps of the same utterance):
+
+    L_m = sum_t -log( exp(cos(c_t, q_t) / kappa) / sum_{q in {q_t} + Q_t} exp(cos(c_t, q) / kappa) )
+
+Reductions follow fairseq's ``wav2vec`` criterion (every term is a SUM over the N masked
+steps, the criterion's ``sample_size``; divide ``loss`` by ``num_masked`` for a per-step value):
+
+* ``contrastive_loss`` = sum over masked steps of the cross-entropy above;
+* ``diversity_loss`` = ``(G*V - perplexity) / (G*V) * N`` (transformers reports the same);
+* ``loss`` = contrastive + ``diversity_loss_weight`` * diversity
+  + ``feature_penalty_weight`` * ``feature_penalty`` * N.
+
+Only masked steps, plus the unmasked steps that explicit negatives point to, are quantized.
+The diversity term uses the softmax perplexity in training (fairseq's ``prob_perplexity``)
+and, as transformers does, the argmax perplexity in evaluation (fairseq keeps the softmax
+one there too), so evaluation losses equal transformers' ``Wav2Vec2ForPreTraining``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from ..masking import sample_negative_indices
+from ..quantizer import GumbelProductQuantizer
+
+__all__ = ["Wav2Vec2Objective", "Wav2Vec2ObjectiveOutput", "contrastive_accuracy"]
+
+
+@dataclass
+class Wav2Vec2ObjectiveOutput(ModelOutput):
+    """Loss terms and metrics of `Wav2Vec2Objective` (scalars unless noted).
+
+    Attributes:
+        loss: contrastive + alpha * diversity + beta * feature_penalty * num_masked (sums).
+        contrastive_loss: InfoNCE summed over masked steps.
+        diversity_loss: ``(G*V - codevector_perplexity) / (G*V)`` times num_masked.
+        feature_penalty: the input mean squared conv feature (before weighting).
+        codevector_perplexity: perplexity used by the diversity term (soft in training,
+            hard in evaluation; over masked frames).
+        code_perplexity: perplexity of the hard codebook choices over masked frames.
+        accuracy: fraction of masked steps whose positive has the strictly highest logit.
+        num_masked: number of masked steps N (long).
+        logits: (N, 1 + K) logits of the masked steps in (b, t) order; column 0 = positive.
+        hidden_states: filled by the pretraining model when asked for hidden states.
+    """
+
+    loss: torch.Tensor | None = None
+    contrastive_loss: torch.Tensor | None = None
+    diversity_loss: torch.Tensor | None = None
+    feature_penalty: torch.Tensor | None = None
+    codevector_perplexity: torch.Tensor | None = None
+    code_perplexity: torch.Tensor | None = None
+    accuracy: torch.Tensor | None = None
+    num_masked: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def contrastive_accuracy(logits: torch.Tensor) -> torch.Tensor:
+    """fairseq's accuracy: column 0 is the argmax and not also the argmin (all-equal rows fail).
+
+    Args:
+        logits: (N, 1 + K) with the positive in column 0.
+
+    Returns:
+        scalar float tensor; 0 when N = 0.
+    """
+    if logits.shape[0] == 0:
+        return logits.new_zeros((), dtype=torch.float32)
+    best = logits.argmax(dim=-1) == 0
+    worst = logits.argmin(dim=-1) == 0
+    return (best & ~worst).float().mean()
+
+
+class Wav2Vec2Objective(nn.Module):
+    """Holds the quantizer and the two projections; turns backbone outputs into the loss."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.quantizer = GumbelProductQuantizer(config)
+        self.project_hid = nn.Linear(config.hidden_size, config.proj_codevector_dim)
+        self.project_q = nn.Linear(config.codevector_dim, config.proj_codevector_dim)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """Anneal the Gumbel temperature; call once per optimizer update."""
+        self.quantizer.set_num_updates(num_updates)
+
+    def _check_inputs(
+        self, hidden_states: torch.Tensor, extract_features: torch.Tensor, mask_time_indices: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+    ) -> None:
+        if hidden_states.dim() != 3 or extract_features.dim() != 3:
+            raise ValueError(
+                f"hidden_states and extract_features must be (B, T, H) and (B, T, C), got "
+                f"{tuple(hidden_states.shape)} and {tuple(extract_features.shape)}."
+            )
+        shape = hidden_states.shape[:2]
+        if extract_features.shape[:2] != shape or mask_time_indices.shape != shape:
+            raise ValueError(
+                f"hidden_states {tuple(hidden_states.shape)}, extract_features {tuple(extract_features.shape)} "
+                f"and mask_time_indices {tuple(mask_time_indices.shape)} must share (B, T)."
+            )
+        if frame_mask is not None and frame_mask.shape != shape:
+            raise ValueError(f"frame_mask must have shape {tuple(shape)}, got {tuple(frame_mask.shape)}.")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        extract_features: torch.Tensor,
+        mask_time_indices: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        feature_penalty: torch.Tensor | None = None,
+        sampled_negative_indices: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Wav2Vec2ObjectiveOutput:
+        """Compute the wav2vec 2.0 loss.
+
+        Args:
+            hidden_states: (B, T, H) transformer output (computed from masked inputs).
+            extract_features: (B, T, C) layer-normed conv features before masking (targets).
+            mask_time_indices: (B, T) bool masked steps (the loss is computed on these only).
+            frame_mask: (B, T) bool valid frames; masked steps outside it are ignored.
+            feature_penalty: scalar mean squared conv feature; None = no penalty term.
+            sampled_negative_indices: (B, T, K) flat indices into the B*T steps (transformers'
+                layout, see `sample_negative_indices`); drawn here when None.
+            generator: seeds negative sampling and the Gumbel noise.
+        """
+        mask = mask_time_indices.to(torch.bool)
+        self._check_inputs(hidden_states, extract_features, mask, frame_mask)
+        if frame_mask is not None:
+            mask = mask & frame_mask.to(torch.bool)
+        batch_size, num_frames, _ = hidden_states.shape
+        if sampled_negative_indices is None:
+            sampled_negative_indices = sample_negative_indices(mask, self.config.num_negatives, generator)
+        elif sampled_negative_indices.shape[:2] != (batch_size, num_frames) or sampled_negative_indices.dim() != 3:
+            raise ValueError(
+                f"sampled_negative_indices must be (B, T, K) = ({batch_size}, {num_frames}, K), got "
+                f"{tuple(sampled_negative_indices.shape)}."
+            )
+        flat_mask = mask.flatten()
+        negatives = sampled_negative_indices[mask].long()  # (N, K) flat step indices
+        if negatives.numel() and (int(negatives.min()) < 0 or int(negatives.max()) >= batch_size * num_frames):
+            raise ValueError(
+                f"sampled_negative_indices must index the B*T = {batch_size * num_frames} steps; got values in "
+                f"[{int(negatives.min())}, {int(negatives.max())}]."
+            )
+        # Quantize the masked steps and any step a distractor points to, nothing else.
+        needed = flat_mask.clone()
+        needed[negatives.flatten()] = True
+        position = torch.cumsum(needed.long(), dim=0) - 1  # flat step -> row among needed steps
+        needed_features = extract_features.reshape(batch_size * num_frames, -1)[needed]
+        quantized = self.quantizer(needed_features, mask=flat_mask[needed], generator=generator)
+        targets = self.project_q(quantized.codevectors.to(self.project_q.weight.dtype))  # (M, P)
+        positives = targets[position[flat_mask]]  # (N, P)
+        distractors = targets[position[negatives]]  # (N, K, P)
+        predictions = self.project_hid(hidden_states[mask])  # (N, P)
+
+        candidates = torch.cat([positives[:, None], distractors], dim=1)  # (N, 1 + K, P)
+        logits = F.cosine_similarity(predictions[:, None].float(), candidates.float(), dim=-1)
+        logits = logits / self.config.contrastive_logits_temperature
+        same_as_positive = (distractors == positives[:, None]).all(dim=-1)  # (N, K)
+        logits[:, 1:] = logits[:, 1:].masked_fill(same_as_positive, float("-inf"))
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        contrastive_loss = F.cross_entropy(logits, target, reduction="sum")
+
+        num_masked = flat_mask.sum()
+        num_codevectors = self.quantizer.num_groups * self.quantizer.num_vars
+        diversity_loss = (num_codevectors - quantized.perplexity) / num_codevectors * num_masked
+        loss = contrastive_loss + self.config.diversity_loss_weight * diversity_loss
+        if feature_penalty is not None:
+            loss = loss + self.config.feature_penalty_weight * feature_penalty.float() * num_masked
+        return Wav2Vec2ObjectiveOutput(
+            loss=loss,
+            contrastive_loss=contrastive_loss,
+            diversity_loss=diversity_loss,
+            feature_penalty=feature_penalty,
+            codevector_perplexity=quantized.perplexity,
+            code_perplexity=quantized.code_perplexity,
+            accuracy=contrastive_accuracy(logits.detach()),
+            num_masked=num_masked,
+            logits=logits,
+        )
