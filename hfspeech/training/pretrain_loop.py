@@ -196,6 +196,12 @@ def _accumulate(totals: dict[str, torch.Tensor], output) -> None:
     for key in ("accuracy", "codevector_perplexity"):  # per-batch averages: weight by sample size
         if output.get(key) is not None:
             values[key] = output[key] * sample_size
+    for key, count in (("masked_accuracy", "num_masked"), ("unmasked_accuracy", "num_unmasked")):
+        if output.get(key) is not None:  # HuBERT: one accuracy per label set
+            for index, accuracy in enumerate(output[key]):
+                values[f"{key}_{index}"] = accuracy * output[count]
+    if output.get("num_unmasked") is not None:
+        values["num_unmasked"] = output["num_unmasked"]
     for key, value in values.items():
         value = value.detach().float()
         totals[key] = totals[key] + value if key in totals else value
@@ -210,6 +216,11 @@ def _metrics(summed: dict[str, torch.Tensor], grad_norm, scheduler, model, audio
     for key in ("contrastive_loss", "diversity_loss", "masked_loss", "unmasked_loss", "accuracy", "codevector_perplexity"):
         if key in summed:
             metrics[key] = float(summed[key]) / sample_size
+    for key, value in summed.items():
+        if key.startswith("masked_accuracy_"):
+            metrics[key] = float(value) / max(1.0, float(summed["num_masked"]))
+        elif key.startswith("unmasked_accuracy_"):
+            metrics[key] = float(value) / max(1.0, float(summed["num_unmasked"]))
     temperature = getattr(getattr(getattr(model, "objective", None), "quantizer", None), "temperature", None)
     if temperature is not None:
         metrics["gumbel_temperature"] = float(temperature)
