@@ -1,0 +1,36 @@
+"""Speech data: sources, text normalisation, duration-bucketed batching, collators.
+
+``load_source(spec, split=None, streaming=False, skip_bad=False)`` returns a
+``datasets.Dataset`` / ``IterableDataset`` with columns ``audio`` (16 kHz mono
+``np.float32`` array ``(S,)``, decoded on access), ``text`` (absent when unlabeled),
+``id``, ``speaker_id`` (string), ``duration`` (seconds) and ``sampling_rate`` (native).
+"""
+
+from .audio import TARGET_SAMPLE_RATE, AudioInfo, BadItem, SkippedItems, decode_audio, probe_audio
+from .batching import DurationBucketBatchSampler, pack_by_duration, padding_fraction
+from .collators import CTCCollator, HubertCollator, PretrainingCollator, normalize_waveform, pad_labels, pad_waveforms
+from .cropping import FAIRSEQ_MAX_SAMPLES, FAIRSEQ_MIN_SAMPLES, crop_windows, drop_short_utterances
+from .info import summarize_source
+from .librispeech import (
+    HUB_SPLITS,
+    LIBRILIGHT_SUBSETS,
+    load_librilight_limited,
+    load_librispeech_hub,
+    load_librispeech_local,
+)
+from .folders import load_audio_directory, load_audiofolder
+from .manifests import load_manifest
+from .sources import detect_source_kind, load_source
+from .streaming import StreamingBucketBatcher
+from .text import CTC_VOCABULARY, OutOfVocabularyReport, TextNormalizer, out_of_vocabulary_report
+
+__all__ = [
+    "CTC_VOCABULARY", "FAIRSEQ_MAX_SAMPLES", "FAIRSEQ_MIN_SAMPLES", "HUB_SPLITS", "LIBRILIGHT_SUBSETS",
+    "TARGET_SAMPLE_RATE", "AudioInfo", "BadItem", "CTCCollator", "DurationBucketBatchSampler",
+    "HubertCollator", "OutOfVocabularyReport", "PretrainingCollator", "SkippedItems",
+    "StreamingBucketBatcher", "TextNormalizer", "crop_windows", "decode_audio", "detect_source_kind",
+    "drop_short_utterances", "load_audio_directory", "load_audiofolder", "load_librilight_limited",
+    "load_librispeech_hub", "load_librispeech_local", "load_manifest", "load_source", "normalize_waveform",
+    "out_of_vocabulary_report", "pack_by_duration", "pad_labels", "pad_waveforms", "padding_fraction",
+    "probe_audio", "summarize_source",
+]

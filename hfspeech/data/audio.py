@@ -1,0 +1,200 @@
+"""Audio probing, decoding, resampling and down-mixing, plus the bad-item ledger.
+
+Every source in :mod:`hfspeech.data` decodes through :func:`decode_audio`, which uses
+torchcodec (FFmpeg) to return a 16 kHz mono float32 waveform of shape ``(S,)``. A source
+at another rate or with several channels is resampled / down-mixed by FFmpeg; this is
+reported once per source (:class:`ConversionLog`), never per file.
+
+Unreadable, corrupt or empty files raise ``ValueError`` naming the file, unless the caller
+asked to skip bad items, in which case they are recorded in a :class:`SkippedItems`
+ledger that is reported in full at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+TARGET_SAMPLE_RATE = 16_000
+AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".sph")
+
+AudioSource = str | bytes | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts about one audio file, before any conversion."""
+
+    sample_rate: int
+    num_channels: int
+    num_frames: int
+
+    @property
+    def duration(self) -> float:
+        """Duration in seconds at the native rate."""
+        return self.num_frames / self.sample_rate
+
+
+@dataclass(frozen=True)
+class BadItem:
+    """One item that could not be used: where it is and what was wrong."""
+
+    location: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}"
+
+
+@dataclass
+class SkippedItems:
+    """Ledger of items skipped because of ``skip_bad=True``; reported at the end."""
+
+    items: list[BadItem] = field(default_factory=list)
+
+    def add(self, location: str, reason: str) -> None:
+        self.items.append(BadItem(location, reason))
+        logger.debug("skipping %s: %s", location, reason)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def report(self, source: str) -> None:
+        """Log every skipped item (call once, when the source has been read)."""
+        if not self.items:
+            return
+        lines = "\n".join(f"  {item}" for item in self.items)
+        logger.warning("%s: skipped %d bad item(s):\n%s", source, len(self.items), lines)
+
+
+def _location(source: AudioSource) -> str:
+    if isinstance(source, str):
+        return source
+    if isinstance(source, dict):
+        return str(source.get("path") or "<in-memory audio>")
+    return "<in-memory audio>"
+
+
+def _payload(source: AudioSource) -> str | bytes:
+    """Return what torchcodec/soundfile should open: a path or the encoded bytes."""
+    if isinstance(source, dict):
+        if source.get("bytes"):
+            return source["bytes"]
+        if source.get("path"):
+            return source["path"]
+        raise ValueError(f"audio entry {source!r} has neither 'bytes' nor 'path'")
+    return source
+
+
+def probe_audio(source: AudioSource) -> AudioInfo:
+    """Read the header of ``source`` (path, encoded bytes or ``{"bytes", "path"}``).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is empty, unreadable, or holds no samples.
+    """
+    location = _location(source)
+    payload = _payload(source)
+    if isinstance(payload, str):
+        if not os.path.isfile(payload):
+            raise FileNotFoundError(f"{location}: audio file not found; check the path")
+        if os.path.getsize(payload) == 0:
+            raise ValueError(f"{location}: audio file is empty (0 bytes); remove it or re-export it")
+    elif len(payload) == 0:
+        raise ValueError(f"{location}: audio bytes are empty")
+    info = _probe_soundfile(payload) or _probe_torchcodec(payload, location)
+    if info.num_frames <= 0:
+        raise ValueError(f"{location}: audio file holds no samples; remove it or re-export it")
+    return info
+
+
+def _probe_soundfile(payload: str | bytes) -> AudioInfo | None:
+    import soundfile
+
+    try:
+        handle = soundfile.info(payload if isinstance(payload, str) else io.BytesIO(payload))
+    except Exception:  # noqa: BLE001 - fall back to FFmpeg, which reads more formats
+        return None
+    return AudioInfo(int(handle.samplerate), int(handle.channels), int(handle.frames))
+
+
+def _probe_torchcodec(payload: str | bytes, location: str) -> AudioInfo:
+    from torchcodec.decoders import AudioDecoder
+
+    try:
+        metadata = AudioDecoder(payload).metadata
+    except Exception as error:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"{location}: cannot read audio header ({error}); the file is corrupt or not audio") from error
+    duration = metadata.duration_seconds_from_header or metadata.duration_seconds or 0.0
+    if metadata.sample_rate is None:
+        raise ValueError(f"{location}: audio header has no sample rate; the file is corrupt")
+    return AudioInfo(int(metadata.sample_rate), int(metadata.num_channels or 1), int(round(duration * metadata.sample_rate)))
+
+
+def decode_audio(source: AudioSource, sample_rate: int = TARGET_SAMPLE_RATE) -> tuple[np.ndarray, AudioInfo]:
+    """Decode ``source`` to a mono float32 waveform at ``sample_rate``.
+
+    Returns:
+        ``(waveform, native_info)``: waveform of shape ``(S,)``, float32 in [-1, 1];
+        ``native_info`` describes the file before resampling / down-mixing.
+
+    Raises:
+        FileNotFoundError / ValueError naming the file when it cannot be decoded or is empty.
+    """
+    from torchcodec.decoders import AudioDecoder
+
+    location = _location(source)
+    payload = _payload(source)
+    if isinstance(payload, str) and not os.path.isfile(payload):
+        raise FileNotFoundError(f"{location}: audio file not found; check the path")
+    if (isinstance(payload, str) and os.path.getsize(payload) == 0) or (isinstance(payload, bytes) and not payload):
+        raise ValueError(f"{location}: audio file is empty (0 bytes); remove it or re-export it")
+    try:
+        decoder = AudioDecoder(payload, sample_rate=sample_rate, num_channels=1)
+        metadata = decoder.metadata
+        samples = decoder.get_all_samples()
+    except Exception as error:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"{location}: cannot decode audio ({error}); the file is corrupt or not audio") from error
+    waveform = samples.data[0].numpy().astype(np.float32, copy=False)
+    if waveform.size == 0:
+        raise ValueError(f"{location}: audio decodes to 0 samples; remove it or re-export it")
+    native = AudioInfo(
+        int(metadata.sample_rate or sample_rate),
+        int(metadata.num_channels or 1),
+        int(round(waveform.size * (metadata.sample_rate or sample_rate) / sample_rate)),
+    )
+    return waveform, native
+
+
+@dataclass
+class ConversionLog:
+    """Counts native (sample rate, channels) pairs and reports conversions once."""
+
+    source: str
+    formats: Counter = field(default_factory=Counter)
+    _reported: bool = False
+
+    def observe(self, info: AudioInfo) -> None:
+        self.formats[(info.sample_rate, info.num_channels)] += 1
+        if not self._reported and (info.sample_rate != TARGET_SAMPLE_RATE or info.num_channels != 1):
+            self._reported = True
+            logger.info(
+                "%s: audio at %d Hz with %d channel(s) is resampled to %d Hz mono on decoding "
+                "(reported once for this source)",
+                self.source, info.sample_rate, info.num_channels, TARGET_SAMPLE_RATE,
+            )
+
+    def summary(self) -> dict[str, int]:
+        """``{"8000 Hz x1": count, ...}`` over everything observed."""
+        return {f"{rate} Hz x{channels}": count for (rate, channels), count in sorted(self.formats.items())}

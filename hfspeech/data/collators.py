@@ -1,0 +1,249 @@
+"""Padding collators: CTC fine-tuning, wav2vec 2.0 pretraining, HuBERT pretraining.
+
+Every collator takes a list of examples (dicts with ``audio``: 16 kHz mono float32 array
+``(S_i,)``) and returns tensors:
+
+- ``input_values`` ``(B, S)`` float32, zero-padded;
+- ``attention_mask`` ``(B, S)`` int64, 1 on real samples;
+- CTC: ``labels`` ``(B, L)`` int64 padded with -100;
+- HuBERT: ``labels`` a list of ``(B, T_k)`` int64 tensors, one per label set, cropped with
+  the same window as the audio (frames = samples * label_rate / 16000) and padded with -100.
+
+Per-utterance normalisation (zero mean, unit variance over the *valid* samples, as in
+``Wav2Vec2FeatureExtractor(do_normalize=True)``) is applied when ``normalize=True``, or
+delegated to a ``feature_extractor`` callable when one is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .audio import TARGET_SAMPLE_RATE
+from .cropping import FAIRSEQ_MAX_SAMPLES, crop_windows
+
+LABEL_PAD = -100
+NORMALIZE_EPSILON = 1e-7
+
+
+def normalize_waveform(waveform: np.ndarray) -> np.ndarray:
+    """``(x - mean) / sqrt(var + 1e-7)`` over the whole 1-D waveform ``(S,)``."""
+    waveform = np.asarray(waveform, dtype=np.float32)
+    return ((waveform - waveform.mean()) / np.sqrt(waveform.var() + NORMALIZE_EPSILON)).astype(np.float32)
+
+
+def pad_waveforms(waveforms: Sequence[np.ndarray], pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad 1-D waveforms into ``input_values`` ``(B, S)`` and ``attention_mask`` ``(B, S)``."""
+    longest = max(len(w) for w in waveforms)
+    if pad_to_multiple_of:
+        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    values = torch.zeros(len(waveforms), longest, dtype=torch.float32)
+    mask = torch.zeros(len(waveforms), longest, dtype=torch.long)
+    for row, waveform in enumerate(waveforms):
+        values[row, : len(waveform)] = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
+        mask[row, : len(waveform)] = 1
+    return values, mask
+
+
+def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Pad integer sequences into ``(B, L)`` int64 with -100."""
+    longest = max((len(s) for s in sequences), default=0)
+    labels = torch.full((len(sequences), longest), LABEL_PAD, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if len(sequence):
+            labels[row, : len(sequence)] = torch.as_tensor(np.asarray(sequence, dtype=np.int64))
+    return labels
+
+
+def _waveforms(examples: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    waveforms = []
+    for example in examples:
+        audio = example.get("audio")
+        if audio is None:
+            raise ValueError(f"example {example.get('id')} has no 'audio'; load it with hfspeech.data.load_source")
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError(f"example {example.get('id')}: audio must be a non-empty 1-D array, got shape {audio.shape}")
+        waveforms.append(audio)
+    return waveforms
+
+
+class CTCCollator:
+    """Collate ``(audio, text)`` examples for CTC fine-tuning.
+
+    Args:
+        tokenizer: ``str -> list[int]`` or a transformers tokenizer (``input_ids`` read
+            from its output). Not needed when examples already carry ``labels``.
+        feature_extractor: optional callable like ``Wav2Vec2FeatureExtractor``: called
+            with ``(list_of_arrays, sampling_rate=16000, padding=True,
+            return_attention_mask=True, return_tensors="pt")``; replaces ``normalize``.
+        normalize: per-utterance zero-mean/unit-variance over valid samples.
+        text_normalizer: optional ``str -> str`` applied before the tokenizer
+            (e.g. :class:`hfspeech.data.text.TextNormalizer`).
+        pad_to_multiple_of: pad the sample axis to a multiple of this.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Callable[[str], Any] | None = None,
+        feature_extractor: Callable[..., Mapping[str, Any]] | None = None,
+        normalize: bool = True,
+        text_normalizer: Callable[[str], str] | None = None,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.normalize = normalize
+        self.text_normalizer = text_normalizer
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def _encode(self, example: Mapping[str, Any]) -> list[int]:
+        if "labels" in example and example["labels"] is not None:
+            return [int(x) for x in example["labels"]]
+        text = example.get("text")
+        if text is None:
+            raise ValueError(f"example {example.get('id')} has neither 'labels' nor 'text'; CTC needs transcripts")
+        if self.tokenizer is None:
+            raise ValueError("CTCCollator needs a tokenizer to turn 'text' into labels")
+        if self.text_normalizer is not None:
+            text = self.text_normalizer(text)
+        encoded = self.tokenizer(text)
+        if isinstance(encoded, Mapping):
+            encoded = encoded["input_ids"]
+        ids = [int(x) for x in encoded]
+        if not ids:
+            raise ValueError(f"example {example.get('id')}: transcript {text!r} encodes to no labels")
+        return ids
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        waveforms = _waveforms(examples)
+        if self.feature_extractor is not None:
+            options: dict[str, Any] = {"sampling_rate": TARGET_SAMPLE_RATE, "padding": True,
+                                       "return_attention_mask": True, "return_tensors": "pt"}
+            if self.pad_to_multiple_of:
+                options["pad_to_multiple_of"] = self.pad_to_multiple_of
+            features = self.feature_extractor(waveforms, **options)
+            values = torch.as_tensor(features["input_values"], dtype=torch.float32)
+            mask = features.get("attention_mask")
+            if mask is None:
+                _, mask = pad_waveforms(waveforms, self.pad_to_multiple_of)
+            mask = torch.as_tensor(mask).long()
+        else:
+            if self.normalize:
+                waveforms = [normalize_waveform(w) for w in waveforms]
+            values, mask = pad_waveforms(waveforms, self.pad_to_multiple_of)
+        return {"input_values": values, "attention_mask": mask,
+                "labels": pad_labels([self._encode(e) for e in examples])}
+
+
+class PretrainingCollator:
+    """Collate audio for wav2vec 2.0 pretraining with fairseq's random crops.
+
+    Args:
+        max_samples: crop longer waveforms to this many samples (fairseq 250k).
+        crop_to_shortest: crop the whole batch to its shortest member (fairseq
+            ``pad=False``); otherwise only over-long waveforms are cropped and the rest padded.
+        normalize: per-utterance normalisation, applied to the full waveform before cropping
+            (as fairseq does).
+        generator: torch generator for crop starts (seeded for reproducible runs).
+    """
+
+    def __init__(
+        self,
+        max_samples: int | None = FAIRSEQ_MAX_SAMPLES,
+        crop_to_shortest: bool = True,
+        normalize: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.max_samples = max_samples
+        self.crop_to_shortest = crop_to_shortest
+        self.normalize = normalize
+        self.generator = generator
+
+    def _crop(self, examples: Sequence[Mapping[str, Any]]) -> tuple[list[np.ndarray], list[int], list[int]]:
+        waveforms = _waveforms(examples)
+        if self.normalize:
+            waveforms = [normalize_waveform(w) for w in waveforms]
+        starts, sizes = crop_windows([len(w) for w in waveforms], self.max_samples, self.crop_to_shortest, self.generator)
+        cropped = [w[s : s + n] for w, s, n in zip(waveforms, starts, sizes)]
+        return cropped, starts, sizes
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        cropped, _, _ = self._crop(examples)
+        values, mask = pad_waveforms(cropped)
+        return {"input_values": values, "attention_mask": mask}
+
+
+class HubertCollator(PretrainingCollator):
+    """Collate audio plus frame labels for HuBERT pretraining.
+
+    Each example carries ``labels``: one integer sequence (one label set) or a list of
+    sequences (several label sets), at ``label_rates`` frames per second. The audio
+    window ``[start, start + size)`` maps to label frames
+    ``[round(start * r / 16000), + round(size * r / 16000))`` (fairseq ``HubertDataset``);
+    with ``crop_to_shortest`` every row keeps the same number of frames.
+
+    Args:
+        label_rates: frames per second of each label set (a float for all sets).
+        duration_tolerance: max |label duration - audio duration| in seconds before the
+            example is rejected as misaligned (fairseq: 0.1 s).
+        Other args: see :class:`PretrainingCollator`.
+    """
+
+    def __init__(
+        self,
+        label_rates: float | Sequence[float] = 50.0,
+        max_samples: int | None = FAIRSEQ_MAX_SAMPLES,
+        crop_to_shortest: bool = True,
+        normalize: bool = False,
+        generator: torch.Generator | None = None,
+        duration_tolerance: float = 0.1,
+    ) -> None:
+        super().__init__(max_samples, crop_to_shortest, normalize, generator)
+        self.label_rates = label_rates
+        self.duration_tolerance = duration_tolerance
+
+    def _label_sets(self, example: Mapping[str, Any]) -> list[np.ndarray]:
+        labels = example.get("labels")
+        if labels is None:
+            raise ValueError(f"example {example.get('id')} has no 'labels'; assign HuBERT targets first")
+        if len(labels) and np.ndim(labels[0]) == 0:
+            labels = [labels]
+        return [np.asarray(label_set, dtype=np.int64) for label_set in labels]
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        label_sets = [self._label_sets(e) for e in examples]
+        num_sets = len(label_sets[0])
+        if any(len(sets) != num_sets for sets in label_sets):
+            raise ValueError("every example must carry the same number of label sets")
+        rates = [float(self.label_rates)] * num_sets if np.ndim(self.label_rates) == 0 else list(self.label_rates)
+        if len(rates) != num_sets:
+            raise ValueError(f"{len(rates)} label_rates for {num_sets} label sets")
+        for example, sets in zip(examples, label_sets):
+            seconds = len(example["audio"]) / TARGET_SAMPLE_RATE
+            for label_set, rate in zip(sets, rates):
+                if abs(len(label_set) / rate - seconds) > self.duration_tolerance:
+                    raise ValueError(
+                        f"example {example.get('id')}: {len(label_set)} labels at {rate} Hz last "
+                        f"{len(label_set) / rate:.3f} s but the audio lasts {seconds:.3f} s; labels and audio "
+                        "are misaligned (wrong label_rate or stale targets)"
+                    )
+        cropped, starts, sizes = self._crop(examples)
+        values, mask = pad_waveforms(cropped)
+        labels = []
+        for set_index, rate in enumerate(rates):
+            ratio = rate / TARGET_SAMPLE_RATE
+            frame_starts = [int(round(s * ratio)) for s in starts]
+            frame_sizes = [int(round(n * ratio)) for n in sizes]
+            if self.crop_to_shortest:
+                remaining = [len(sets[set_index]) - s for sets, s in zip(label_sets, frame_starts)]
+                common = min(min(frame_sizes), *remaining)
+                frame_sizes = [common] * len(examples)
+            rows = [sets[set_index][s : s + n] for sets, s, n in zip(label_sets, frame_starts, frame_sizes)]
+            labels.append(pad_labels(rows))
+        return {"input_values": values, "attention_mask": mask, "labels": labels}
