@@ -1,0 +1,173 @@
+"""CLI verbs of the decoding area: `hfspeech lm build`, `hfspeech lm tune`, `hfspeech lm decode`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _add_decoder_arguments(parser: argparse.ArgumentParser, backends: tuple[str, ...]) -> None:
+    parser.add_argument("--backend", choices=backends, default="flashlight",
+                        help="beam search implementation (default: flashlight, the fast one)")
+    parser.add_argument("--beam-width", type=int, default=50)
+    parser.add_argument("--beam-prune-logp", type=float, default=-10.0)
+    parser.add_argument("--token-min-logp", type=float, default=-5.0, help="pyctcdecode only")
+    parser.add_argument("--unigrams", type=Path, default=None,
+                        help="word list (default: unigrams.txt next to the LM)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lm = subparsers.add_parser("lm", help="n-gram LMs: build, tune alpha/beta, decode cached emissions",
+                               description="KenLM language models for CTC beam search.")
+    verbs = lm.add_subparsers(dest="lm_verb", metavar="LM_VERB")
+    verbs.required = True
+
+    build = verbs.add_parser(
+        "build", help="build a KenLM model from text",
+        description=("Normalise TEXT files to the model's vocabulary and build OUT_DIR/lm.arpa, lm.bin "
+                     "(KenLM binary), unigrams.txt and lm_build.json."),
+    )
+    build.add_argument("texts", nargs="+", type=Path, metavar="TEXT", help="plain-text files")
+    build.add_argument("output_dir", type=Path, metavar="OUT_DIR", help="directory to write")
+    build.add_argument("--order", type=int, default=4)
+    build.add_argument("--vocab", type=Path, default=None,
+                       help="tokenizer vocab.json or model directory (default: LibriSpeech A-Z ' |)")
+    build.add_argument("--memory", default="20%", help="lmplz -S memory bound, e.g. 20%% or 2G")
+    build.add_argument("--prune", type=int, nargs="+", default=None, metavar="COUNT",
+                       help="lmplz --prune thresholds per order, unigrams first (e.g. 0 0 1)")
+    build.add_argument("--no-discount-fallback", action="store_true",
+                       help="do not pass --discount_fallback (fails on small corpora)")
+    build.add_argument("--line-per-sentence", action="store_true",
+                       help="each line is a sentence (transcripts) instead of wrapped prose")
+    build.add_argument("--encoding", default="utf-8", help="text encoding (e.g. latin-1)")
+    build.set_defaults(func=run_build)
+
+    tune = verbs.add_parser(
+        "tune", help="search alpha/beta on a dev set's cached emissions",
+        description=("Search the LM weight alpha and word bonus beta (optuna TPE, seeded) that minimise "
+                     "WER on EMISSIONS (an .npz emissions cache), write the best values as JSON and "
+                     "print the WER table."),
+    )
+    tune.add_argument("emissions", type=Path, help="emissions cache (.npz, see hfspeech.decoding.emissions)")
+    tune.add_argument("lm", type=Path, help="LM directory from `hfspeech lm build` or an lm.bin/lm.arpa")
+    tune.add_argument("--output", type=Path, default=Path("lm_weights.json"))
+    tune.add_argument("--trials", type=int, default=30)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--alpha", type=float, default=0.5, help="default alpha, tried first")
+    tune.add_argument("--beta", type=float, default=1.0, help="default beta, tried first")
+    tune.add_argument("--alpha-range", type=float, nargs=2, default=(0.0, 5.0))
+    tune.add_argument("--beta-range", type=float, nargs=2, default=(-5.0, 5.0))
+    tune.add_argument("--workers", type=int, default=1)
+    _add_decoder_arguments(tune, ("flashlight", "pyctcdecode"))
+    tune.set_defaults(func=run_tune)
+
+    decode = verbs.add_parser(
+        "decode", help="decode cached emissions and report WER/CER and speed",
+        description="Decode an emissions cache; print WER/CER (when it has references), the worst "
+                    "utterances and the real-time factor; optionally write the hypotheses as JSON lines.",
+    )
+    decode.add_argument("emissions", type=Path)
+    decode.add_argument("--lm", type=Path, default=None, help="LM directory/file (none: no LM)")
+    decode.add_argument("--weights", type=Path, default=None, help="JSON from `hfspeech lm tune`")
+    decode.add_argument("--alpha", type=float, default=0.5)
+    decode.add_argument("--beta", type=float, default=1.0)
+    decode.add_argument("--workers", type=int, default=1)
+    decode.add_argument("--worst", type=int, default=5, help="show this many worst utterances")
+    decode.add_argument("--output", type=Path, default=None, help="write hypotheses + timestamps (JSON lines)")
+    _add_decoder_arguments(decode, ("greedy", "flashlight", "pyctcdecode"))
+    decode.set_defaults(func=run_decode)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from hfspeech.decoding.lm_build import build_language_model
+    from hfspeech.decoding.vocabulary import load_vocabulary
+
+    files = build_language_model(
+        args.texts, args.output_dir, load_vocabulary(args.vocab), order=args.order, memory=args.memory,
+        prune=args.prune, discount_fallback=not args.no_discount_fallback,
+        line_per_sentence=args.line_per_sentence, encoding=args.encoding,
+    )
+    print(f"{files.order}-gram LM: {files.num_unigrams} words, {files.num_sentences} sentences, "
+          f"{files.num_words} running words")
+    print(f"  binary:   {files.binary_path}\n  arpa:     {files.arpa_path}\n  unigrams: {files.unigrams_path}")
+    if files.removed_characters:
+        print(f"  removed characters: {dict(list(files.removed_characters.items())[:10])}")
+    return 0
+
+
+def _spec(args: argparse.Namespace, labels: tuple[str, ...], blank: int, seconds_per_frame: float,
+          lm: Path | None, alpha: float, beta: float):
+    from hfspeech.decoding.decoders import DecoderSpec
+
+    return DecoderSpec(
+        labels, backend=args.backend, blank_index=blank, lm_path=str(lm) if lm else None,
+        unigrams_path=str(args.unigrams) if args.unigrams else None, alpha=alpha, beta=beta,
+        beam_width=args.beam_width, beam_prune_logp=args.beam_prune_logp, token_min_logp=args.token_min_logp,
+        seconds_per_frame=seconds_per_frame,
+    )
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from hfspeech.decoding.emissions import EmissionsCache
+    from hfspeech.decoding.tuning import tune_lm_weights
+
+    cache = EmissionsCache.load(args.emissions)
+    spec = _spec(args, cache.vocabulary.labels, cache.vocabulary.blank_index, cache.seconds_per_frame,
+                 args.lm, args.alpha, args.beta)
+    result = tune_lm_weights(cache, spec, num_trials=args.trials, seed=args.seed,
+                             alpha_range=tuple(args.alpha_range), beta_range=tuple(args.beta_range),
+                             num_workers=args.workers)
+    result.to_json(args.output)
+    print(result.table())
+    print(f"best alpha={result.alpha:.4f} beta={result.beta:.4f} WER {100 * result.wer:.2f}% -> {args.output}")
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from hfspeech.decoding.beam_pool import DecoderPool
+    from hfspeech.decoding.decoders import build_decoder
+    from hfspeech.decoding.emissions import EmissionsCache
+    from hfspeech.decoding.wer import error_report, measure_decoding_speed
+
+    cache = EmissionsCache.load(args.emissions)
+    alpha, beta = args.alpha, args.beta
+    if args.weights is not None:
+        if not args.weights.is_file():
+            raise FileNotFoundError(f"--weights {args.weights} does not exist; write it with `hfspeech lm tune`.")
+        weights = json.loads(args.weights.read_text(encoding="utf-8"))
+        alpha, beta = float(weights["alpha"]), float(weights["beta"])
+    if args.backend != "greedy" and args.lm is None:
+        logger.info("no --lm: %s searches without a language model", args.backend)
+    spec = _spec(args, cache.vocabulary.labels, cache.vocabulary.blank_index, cache.seconds_per_frame,
+                 args.lm if args.backend != "greedy" else None, alpha, beta)
+    if args.workers > 1:
+        with DecoderPool(spec, args.workers) as pool:
+            results, speed = measure_decoding_speed(lambda items: pool.decode_batch(items, progress=True),
+                                                    cache.log_probs, cache.audio_seconds)
+    else:
+        decoder = build_decoder(spec)
+        results, speed = measure_decoding_speed(decoder.decode_batch, cache.log_probs, cache.audio_seconds)
+    print(f"{spec.backend}: {speed.utterances} utterances, {speed.audio_seconds:.1f} s of audio in "
+          f"{speed.decode_seconds:.2f} s: {speed.utterances_per_second:.1f} utt/s, RTF {speed.real_time_factor:.4f}")
+    if all(reference.strip() for reference in cache.references):
+        report = error_report(cache.references, [r.text for r in results], cache.utterance_ids)
+        print(report.summary())
+        for utterance in report.worst(args.worst):
+            print(f"  {utterance.utterance_id}: {utterance.words.errors} errors\n"
+                  f"    REF: {utterance.reference}\n    HYP: {utterance.hypothesis}")
+    else:
+        print("(some references are empty: WER not computed)")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.output, "w", encoding="utf-8") as handle:
+            for name, result in zip(cache.utterance_ids, results):
+                handle.write(json.dumps({
+                    "utterance_id": name, "text": result.text, "score": result.score,
+                    "words": [[w.text, round(w.start_time, 3), round(w.end_time, 3)] for w in result.words],
+                }) + "\n")
+        print(f"hypotheses -> {args.output}")
+    return 0

@@ -1,0 +1,147 @@
+"""LM-weight tuning: search alpha (LM weight) and beta (word bonus) on a dev set's emissions.
+
+The emissions are computed once (an :class:`EmissionsCache`); every trial only re-runs the
+beam search. Optuna's TPE sampler, seeded, proposes (alpha, beta); the spec's own weights
+are always the first trial, so the result is never worse than the defaults on the dev set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from hfspeech.decoding.beam_pool import DecoderPool
+from hfspeech.decoding.decoders import DecoderSpec, build_decoder
+from hfspeech.decoding.emissions import EmissionsCache, check_same_vocabulary
+from hfspeech.decoding.wer import error_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TuningTrial:
+    """One evaluated (alpha, beta) pair."""
+
+    alpha: float
+    beta: float
+    wer: float
+    cer: float
+
+
+@dataclass
+class TuningResult:
+    """Best weights found and every trial."""
+
+    alpha: float
+    beta: float
+    wer: float
+    default_alpha: float
+    default_beta: float
+    default_wer: float
+    greedy_wer: float
+    backend: str
+    lm_path: str
+    seed: int
+    trials: list[TuningTrial] = field(default_factory=list)
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the result (best weights first) as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        return path
+
+    def table(self, top: int = 10) -> str:
+        """Markdown table: greedy, default weights, then the best ``top`` trials."""
+        rows = ["| decoding | alpha | beta | WER % |", "|---|---:|---:|---:|",
+                f"| greedy (no LM) | - | - | {100 * self.greedy_wer:.2f} |",
+                f"| {self.backend} + LM, default weights | {self.default_alpha:.3f} | {self.default_beta:.3f} | "
+                f"{100 * self.default_wer:.2f} |"]
+        for rank, trial in enumerate(sorted(self.trials, key=lambda t: t.wer)[:top], start=1):
+            rows.append(f"| {self.backend} + LM, trial rank {rank} | {trial.alpha:.3f} | {trial.beta:.3f} | "
+                        f"{100 * trial.wer:.2f} |")
+        return "\n".join(rows)
+
+
+def tune_lm_weights(
+    emissions: EmissionsCache,
+    spec: DecoderSpec,
+    num_trials: int = 30,
+    seed: int = 0,
+    alpha_range: tuple[float, float] = (0.0, 5.0),
+    beta_range: tuple[float, float] = (-5.0, 5.0),
+    num_workers: int = 1,
+    start_method: str | None = None,
+) -> TuningResult:
+    """Find the (alpha, beta) that minimise WER on ``emissions``' references.
+
+    Args:
+        emissions: dev-set emissions with non-empty references.
+        spec: decoder with an LM (``lm_path``); its alpha/beta are the defaults tried first.
+        num_trials: optuna trials (including the default one).
+        seed: seeds optuna's TPE sampler.
+        alpha_range, beta_range: search intervals.
+        num_workers: decoder processes (1: decode in this process).
+        start_method: multiprocessing start method for the workers.
+    """
+    import optuna
+
+    if spec.lm_path is None or spec.backend == "greedy":
+        raise ValueError("tune_lm_weights: the spec needs a beam backend and an LM (lm_path) to tune.")
+    if num_trials < 1:
+        raise ValueError(f"tune_lm_weights: num_trials={num_trials}; run at least 1.")
+    for name, (low, high) in (("alpha_range", alpha_range), ("beta_range", beta_range)):
+        if not low < high:
+            raise ValueError(f"tune_lm_weights: {name}={low, high} must be an interval low < high.")
+    check_same_vocabulary(emissions, spec.labels, "tune_lm_weights")
+    references = emissions.references
+    error_report(references, references, emissions.utterance_ids)  # rejects empty references early
+
+    greedy = build_decoder(DecoderSpec(spec.labels, "greedy", spec.blank_index))
+    greedy_wer = error_report(references, [greedy.decode(x).text for x in emissions.log_probs]).wer
+
+    pool = DecoderPool(spec, num_workers, start_method) if num_workers > 1 else None
+    decoder = None if pool is not None else build_decoder(spec)
+    progress = tqdm(total=num_trials, desc="tuning alpha/beta", unit=" trials")
+    trials: list[TuningTrial] = []
+
+    def evaluate(alpha: float, beta: float) -> float:
+        if pool is not None:
+            texts = [t.text for t in pool.decode_batch(emissions.log_probs, alpha=alpha, beta=beta)]
+        else:
+            decoder.set_weights(alpha, beta)
+            texts = [decoder.decode(x).text for x in emissions.log_probs]
+        report = error_report(references, texts)
+        trials.append(TuningTrial(alpha, beta, report.wer, report.cer))
+        progress.update(1)
+        progress.set_postfix(wer=f"{100 * report.wer:.2f}%", best=f"{100 * min(t.wer for t in trials):.2f}%")
+        logger.debug("alpha=%.3f beta=%.3f WER=%.4f", alpha, beta, report.wer)
+        return report.wer
+
+    def objective(trial: Any) -> float:
+        return evaluate(trial.suggest_float("alpha", *alpha_range), trial.suggest_float("beta", *beta_range))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+    default_alpha = min(max(spec.alpha, alpha_range[0]), alpha_range[1])
+    default_beta = min(max(spec.beta, beta_range[0]), beta_range[1])
+    study.enqueue_trial({"alpha": default_alpha, "beta": default_beta})
+    try:
+        study.optimize(objective, n_trials=num_trials)
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.close()
+    best = min(trials, key=lambda t: t.wer)
+    logger.info("best alpha=%.3f beta=%.3f WER %.2f%% (defaults %.2f%%, greedy %.2f%%)", best.alpha, best.beta,
+                100 * best.wer, 100 * trials[0].wer, 100 * greedy_wer)
+    return TuningResult(
+        alpha=best.alpha, beta=best.beta, wer=best.wer,
+        default_alpha=trials[0].alpha, default_beta=trials[0].beta, default_wer=trials[0].wer,
+        greedy_wer=greedy_wer, backend=spec.backend, lm_path=str(spec.lm_path), seed=seed, trials=trials,
+    )
