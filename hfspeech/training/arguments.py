@@ -64,6 +64,7 @@ class FinetuningArguments:
     learning_rate: float = 5e-5
     max_steps: int = 20_000
     freeze_transformer_steps: int = field(default=10_000, metadata={"help": "updates with only the CTC head trained"})
+    freeze_feature_encoder: bool = field(default=True, metadata={"help": "keep the conv feature encoder fixed (fairseq)"})
     max_batch_seconds: float = 200.0
     mask_time_prob: float = 0.5
     mask_time_length: int = 10

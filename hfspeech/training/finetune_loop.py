@@ -86,7 +86,8 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         layerdrop=args.layerdrop, final_dropout=args.final_dropout, activation_dropout=args.activation_dropout, apply_spec_augment=True,
         ctc_loss_reduction="mean",
     )
-    model.freeze_feature_encoder()
+    if args.freeze_feature_encoder:
+        model.freeze_feature_encoder()
     collator = CTCCollator(tokenizer=tokenizer, feature_extractor=None, text_normalizer=normalizer)
     sampler = DurationBucketBatchSampler(
         train["duration"], args.max_batch_seconds, seed=args.seed, num_replicas=accelerator.num_processes,

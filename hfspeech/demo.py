@@ -1,0 +1,204 @@
+"""`make demo`: the whole path on speech synthesised on this machine, CPU, minutes.
+
+    python -m hfspeech.demo [--output runs/demo] [--quick]
+
+Stages (each cached in OUTPUT/<stage>/result.json, so a re-run reuses finished ones):
+  1. corpus    flite speaks spoken-command sentences (3 training voices, 1 held-out dev voice)
+               with phone alignments                          -> hfspeech.demo_corpus
+  2. labels    39-dim MFCC -> k-means K=100 -> frame labels; PNMI against the phone alignments
+  3. pretrain  HuBERT pretraining of a small model on those labels
+  4. finetune  CTC fine-tuning from the HuBERT model on the training transcripts
+  5. lm        KenLM 4-gram on the training transcripts
+  6. decode    dev WER: greedy vs beam search with the 4-gram LM
+It ends with a table (WER greedy vs LM, PNMI, time per stage) and the model directory.
+The numbers are whatever this run measures; the model is small and trained for minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+logger = logging.getLogger("hfspeech.demo")
+
+# A small model that learns in CPU-minutes (BASE is 12 x 768; the code is the same).
+DEMO_MODEL = dict(
+    conv_dim=[64] * 7, hidden_size=96, intermediate_size=192, num_attention_heads=4, num_hidden_layers=3,
+    num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4, hubert_num_clusters=[100], label_rate=100,
+    hubert_final_dim=32, layerdrop=0.0, mask_time_length=5,
+)
+FULL = dict(train_sentences=160, dev_sentences=40, pretrain_steps=150, finetune_steps=600, beam_width=32)
+QUICK = dict(train_sentences=24, dev_sentences=6, pretrain_steps=4, finetune_steps=6, beam_width=8)
+
+
+def run_stage(output: Path, name: str, function: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``function(stage_dir)`` unless ``stage_dir/result.json`` exists; record its wall time."""
+    directory = output / name
+    result_file = directory / "result.json"
+    if result_file.exists():
+        result = json.loads(result_file.read_text())
+        logger.info("[%s] reused (delete %s to redo it)", name, directory)
+        return result
+    directory.mkdir(parents=True, exist_ok=True)
+    logger.info("[%s] running ...", name)
+    began = time.perf_counter()
+    result = function(directory)
+    result["seconds"] = time.perf_counter() - began
+    result_file.write_text(json.dumps(result, indent=2))
+    logger.info("[%s] done in %.0f s", name, result["seconds"])
+    return result
+
+
+def stage_corpus(directory: Path, settings: dict) -> dict:
+    from .demo_corpus import build_corpus
+
+    return build_corpus(directory, settings["train_sentences"], settings["dev_sentences"])
+
+
+def stage_labels(directory: Path, corpus: Path) -> dict:
+    from .targets import fit_label_sets, assign_label_sets, measure_quality, read_label_directory, read_phn_directory
+
+    fit_label_sets(str(corpus / "train"), "mfcc", [100], directory / "kmeans", backend="torch", seed=0)
+    metadata = assign_label_sets(directory / "kmeans", str(corpus / "train"), directory / "labels")
+    _, ids, label_sets = read_label_directory(directory / "labels")
+    report, _, _ = measure_quality(dict(zip(ids, label_sets[100])), read_phn_directory(corpus / "alignments"),
+                                   metadata.label_rate)
+    return {"label_rate": metadata.label_rate, "pnmi": report.pnmi, "phone_purity": report.phone_purity,
+            "cluster_purity": report.cluster_purity, "frames": report.num_frames}
+
+
+def stage_pretrain(directory: Path, corpus: Path, labels: Path, settings: dict) -> dict:
+    from accelerate import Accelerator
+
+    from .configuration import SpeechEncoderConfig
+    from .modeling.pretraining import SpeechEncoderForPreTraining
+    from .training.arguments import PretrainingArguments
+    from .training.pretrain_data import build_pretraining_batches
+    from .training.pretrain_loop import run_pretraining
+
+    import torch
+
+    args = PretrainingArguments(
+        output_dir=str(directory), model="tiny", objective="hubert", model_overrides=DEMO_MODEL,
+        train_data=str(corpus / "train"), labels=str(labels), max_batch_seconds=40.0, max_sample_seconds=5.0,
+        min_sample_seconds=1.0, learning_rate=1e-3, max_steps=settings["pretrain_steps"],
+        save_steps=max(1, settings["pretrain_steps"]), logging_steps=10, resume=True)
+    torch.manual_seed(0)
+    model = SpeechEncoderForPreTraining(SpeechEncoderConfig.from_preset("tiny", objective="hubert", **DEMO_MODEL))
+    accelerator = Accelerator(cpu=True)
+    batches, summary = build_pretraining_batches(args, model.config)
+    result = run_pretraining(model, batches, args, accelerator)
+    return {"data": summary, "final_metrics": result["metrics"], "model": str(directory / "final")}
+
+
+def stage_finetune(directory: Path, corpus: Path, pretrained: Path, settings: dict) -> dict:
+    from .training.arguments import FinetuningArguments
+    from .training.finetune_loop import run_finetuning
+
+    result = run_finetuning(FinetuningArguments(
+        output_dir=str(directory), model=str(pretrained), train_data=str(corpus / "train"), dev_data=str(corpus / "dev"),
+        learning_rate=2e-3, max_steps=settings["finetune_steps"], freeze_transformer_steps=0,
+        freeze_feature_encoder=False, max_batch_seconds=40.0, eval_steps=max(1, settings["finetune_steps"] // 3),
+        save_steps=10**9, mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.0, layerdrop=0.0))
+    losses = result.pop("train_losses")
+    return {**result, "first_loss": losses[0], "last_loss": losses[-1], "model": str(directory / "final")}
+
+
+def stage_lm(directory: Path, corpus: Path, model_dir: Path) -> dict:
+    from .decoding import CTCVocabulary, build_language_model
+    from .processing import CharacterCTCTokenizer
+
+    vocabulary = CTCVocabulary.from_tokenizer(CharacterCTCTokenizer.from_pretrained(model_dir))
+    files = build_language_model([corpus / "train_transcripts.txt"], directory, vocabulary, order=4, line_per_sentence=True)
+    return {"directory": str(directory), "order": files.order, "sentences": files.num_sentences,
+            "unigrams": files.num_unigrams}
+
+
+def stage_decode(directory: Path, corpus: Path, model_dir: Path, lm_dir: Path, settings: dict) -> dict:
+    import torch
+
+    from .data import TextNormalizer, load_source
+    from .decoding import CTCVocabulary, DecoderSpec, build_decoder, error_report
+    from .modeling.models import SpeechEncoderForCTC
+    from .processing import SpeechProcessor
+
+    processor = SpeechProcessor.from_pretrained(model_dir)
+    model = SpeechEncoderForCTC.from_pretrained(model_dir).eval()
+    dev = load_source(str(corpus / "dev"))
+    normalizer = TextNormalizer()
+    labels = CTCVocabulary.from_tokenizer(processor.tokenizer).labels
+    greedy = build_decoder(DecoderSpec(labels=labels, backend="greedy"))
+    beam = build_decoder(DecoderSpec(labels=labels, backend="pyctcdecode", lm_path=str(lm_dir),
+                                     beam_width=settings["beam_width"]))
+    references, greedy_texts, lm_texts = [], [], []
+    audio_seconds, decode_seconds = 0.0, 0.0
+    for example in dev:
+        inputs = processor(audio=example["audio"], sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(**inputs).logits[0], dim=-1).numpy()
+        began = time.perf_counter()
+        greedy_texts.append(greedy.decode(log_probs).text)
+        lm_texts.append(beam.decode(log_probs).text)
+        decode_seconds += time.perf_counter() - began
+        references.append(normalizer(example["text"], example["id"]))
+        audio_seconds += example["duration"]
+    greedy_report, lm_report = error_report(references, greedy_texts), error_report(references, lm_texts)
+    examples = [{"reference": r, "greedy": g, "lm": l} for r, g, l in list(zip(references, greedy_texts, lm_texts))[:3]]
+    return {"utterances": len(references), "wer_greedy": greedy_report.wer, "cer_greedy": greedy_report.cer,
+            "wer_lm": lm_report.wer, "cer_lm": lm_report.cer, "decoding_rtf": decode_seconds / audio_seconds,
+            "examples": examples}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (for the test suite)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    settings = QUICK if args.quick else FULL
+    output = args.output
+    corpus = output / "corpus"
+    results = {"corpus": run_stage(output, "corpus", lambda d: stage_corpus(d, settings))}
+    results["labels"] = run_stage(output, "labels", lambda d: stage_labels(d, corpus))
+    results["pretrain"] = run_stage(output, "pretrain", lambda d: stage_pretrain(d, corpus, output / "labels" / "labels", settings))
+    pretrained = Path(results["pretrain"]["model"])
+    results["finetune"] = run_stage(output, "finetune", lambda d: stage_finetune(d, corpus, pretrained, settings))
+    model_dir = Path(results["finetune"]["model"])
+    results["lm"] = run_stage(output, "lm", lambda d: stage_lm(d, corpus, model_dir))
+    results["decode"] = run_stage(output, "decode", lambda d: stage_decode(d, corpus, model_dir, output / "lm", settings))
+    (output / "summary.json").write_text(json.dumps(results, indent=2))
+    print(format_summary(results, model_dir))
+    return 0
+
+
+def format_summary(results: dict, model_dir: Path) -> str:
+    decode, labels, corpus = results["decode"], results["labels"], results["corpus"]
+    lines = [
+        "",
+        "hfspeech demo — synthesised spoken commands "
+        f"({corpus['train']['utterances']} train utterances / {corpus['train']['minutes']:.1f} min, "
+        f"{decode['utterances']} dev utterances from a held-out voice)",
+        "",
+        f"  dev WER, greedy CTC        {100 * decode['wer_greedy']:6.1f} %   (CER {100 * decode['cer_greedy']:.1f} %)",
+        f"  dev WER, 4-gram LM beam    {100 * decode['wer_lm']:6.1f} %   (CER {100 * decode['cer_lm']:.1f} %)",
+        f"  PNMI of MFCC K=100 labels  {labels['pnmi']:6.3f}     (phone purity {labels['phone_purity']:.3f}, "
+        f"cluster purity {labels['cluster_purity']:.3f})",
+        f"  fine-tuning CTC loss       {results['finetune']['first_loss']:.2f} -> {results['finetune']['last_loss']:.2f}",
+        "",
+        "  stage       seconds",
+    ]
+    lines += [f"  {name:<10} {results[name]['seconds']:8.1f}" for name in ("corpus", "labels", "pretrain", "finetune", "lm", "decode")]
+    lines += ["", f"  model directory: {model_dir}  (transformers.pipeline('automatic-speech-recognition', model=...))"]
+    if decode.get("examples"):
+        example = decode["examples"][0]
+        lines += [f"  e.g. reference: {example['reference']}", f"       greedy:    {example['greedy']}",
+                  f"       with LM:   {example['lm']}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
