@@ -31,8 +31,10 @@ DEMO_MODEL = dict(
     num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4, hubert_num_clusters=[100], label_rate=100,
     hubert_final_dim=32, layerdrop=0.0, mask_time_length=5,
 )
-FULL = dict(train_sentences=160, dev_sentences=40, pretrain_steps=150, finetune_steps=600, beam_width=32)
-QUICK = dict(train_sentences=24, dev_sentences=6, pretrain_steps=4, finetune_steps=6, beam_width=8)
+FULL = dict(train_sentences=160, dev_sentences=40, pretrain_steps=150, finetune_steps=400, beam_width=32,
+            finetune_batch_seconds=20.0)
+QUICK = dict(train_sentences=24, dev_sentences=6, pretrain_steps=4, finetune_steps=6, beam_width=8,
+             finetune_batch_seconds=20.0)
 
 
 def run_stage(output: Path, name: str, function: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def stage_finetune(directory: Path, corpus: Path, pretrained: Path, settings: di
     result = run_finetuning(FinetuningArguments(
         output_dir=str(directory), model=str(pretrained), train_data=str(corpus / "train"), dev_data=str(corpus / "dev"),
         learning_rate=2e-3, max_steps=settings["finetune_steps"], freeze_transformer_steps=0,
-        freeze_feature_encoder=False, max_batch_seconds=40.0, eval_steps=max(1, settings["finetune_steps"] // 3),
+        freeze_feature_encoder=False, max_batch_seconds=settings["finetune_batch_seconds"], eval_steps=max(1, settings["finetune_steps"] // 3),
         save_steps=10**9, mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.0, layerdrop=0.0))
     losses = result.pop("train_losses")
     return {**result, "first_loss": losses[0], "last_loss": losses[-1], "model": str(directory / "final")}
