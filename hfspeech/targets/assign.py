@@ -1,0 +1,296 @@
+"""Streaming label assignment: features are computed and assigned on the fly, never dumped.
+
+Utterances flow as ``(utterance_id, waveform)`` pairs (16 kHz float32 ``(S,)``), in groups of
+at most ``batch_seconds`` of audio, so memory is bounded by one group whatever the corpus
+size. Outputs:
+
+* fairseq-style label files: ``OUT/k{K}.km`` (one line of space-separated cluster ids per
+  utterance), ``OUT/ids.txt`` (the utterance ids, same order), ``OUT/labels.json`` (label
+  rate, K values, feature spec, k-means directories, counts) — written line by line;
+* or a ``datasets`` column per K (``labels_k{K}``) via `add_label_columns`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .kmeans import FrameSampler, KMeansModel
+
+logger = logging.getLogger(__name__)
+
+LABELS_METADATA = "labels.json"
+IDS_FILE = "ids.txt"
+SAMPLE_RATE = 16000
+
+
+class FeatureExtractor(Protocol):
+    """What `MFCCFeatureExtractor` and `LayerFeatureReader` both provide."""
+
+    name: str
+    dim: int
+    frame_rate: float
+    min_samples: int
+
+    def num_frames(self, num_samples: int) -> int: ...
+
+    def batch(self, waveforms: list[np.ndarray | torch.Tensor], utterance_ids: list[str]) -> list[torch.Tensor]: ...
+
+
+def make_feature_extractor(spec: str, device: torch.device | str | None = None) -> FeatureExtractor:
+    """``"mfcc"`` -> `MFCCFeatureExtractor`; ``"MODEL_DIR:LAYER"`` -> `LayerFeatureReader`."""
+    if spec == "mfcc":
+        from .mfcc import MFCCFeatureExtractor
+
+        return MFCCFeatureExtractor(device=device)
+    from .layer_features import LayerFeatureReader
+
+    return LayerFeatureReader.from_spec(spec, device=device)
+
+
+def iter_source_utterances(spec: str, split: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Stream ``(id, waveform)`` from any source of `hfspeech.data.load_source` (directory,
+    audiofolder, LibriSpeech layout, manifest, Hub spec), decoding one file at a time."""
+    from ..data import load_source
+
+    for example in load_source(spec, split=split, streaming=True):
+        yield str(example["id"]), np.asarray(example["audio"], dtype=np.float32)
+
+
+def iter_feature_groups(
+    utterances: Iterable[tuple[str, np.ndarray]],
+    extractor: FeatureExtractor,
+    batch_seconds: float = 200.0,
+    progress: bool = True,
+) -> Iterator[tuple[list[str], list[int], list[torch.Tensor]]]:
+    """Yield ``(utterance_ids, num_samples, features [(T_i, D)])`` per group of at most
+    ``batch_seconds`` of audio (one utterance longer than that forms its own group)."""
+    names: list[str] = []
+    waveforms: list[np.ndarray] = []
+    group_samples = 0
+    limit = int(batch_seconds * SAMPLE_RATE)
+    seen: set[str] = set()
+    for name, waveform in tqdm(utterances, desc=f"{extractor.name} features", unit="utt", disable=not progress):
+        if name in seen:
+            raise ValueError(f"utterance id {name!r} appears twice in the data; ids must be unique for label files")
+        seen.add(name)
+        if waveforms and group_samples + len(waveform) > limit:
+            yield names, [len(w) for w in waveforms], extractor.batch(waveforms, names)
+            names, waveforms, group_samples = [], [], 0
+        names.append(name)
+        waveforms.append(waveform)
+        group_samples += len(waveform)
+    if waveforms:
+        yield names, [len(w) for w in waveforms], extractor.batch(waveforms, names)
+
+
+def iter_feature_batches(
+    utterances: Iterable[tuple[str, np.ndarray]],
+    extractor: FeatureExtractor,
+    batch_seconds: float = 200.0,
+    progress: bool = True,
+) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """Yield ``(utterance_id, num_samples, features (T, D))``, computed group by group."""
+    for names, lengths, features in iter_feature_groups(utterances, extractor, batch_seconds, progress):
+        yield from zip(names, lengths, features)
+
+
+def sample_fit_frames(
+    utterances: Iterable[tuple[str, np.ndarray]],
+    extractor: FeatureExtractor,
+    fraction: float = 1.0,
+    max_frames: int | None = None,
+    seed: int = 0,
+    batch_seconds: float = 200.0,
+) -> torch.Tensor:
+    """Stream the data once and keep a uniform random sample of frames: (N, D) float32."""
+    sampler = FrameSampler(fraction=fraction, max_frames=max_frames, seed=seed)
+    for _, _, features in iter_feature_groups(utterances, extractor, batch_seconds):
+        sampler.add(torch.cat(features))
+    sample = sampler.sample()
+    logger.info("sampled %d of %d frames for k-means", sample.shape[0], sampler.frames_seen)
+    return sample
+
+
+@dataclass
+class LabelMetadata:
+    """Contents of ``labels.json``: what the labels mean and at which rate they tick."""
+
+    label_rate: float
+    num_clusters: list[int]
+    feature: str
+    feature_dim: int
+    kmeans: list[str] = field(default_factory=list)
+    num_utterances: int = 0
+    num_frames: int = 0
+    data: str = ""
+
+    def save(self, directory: str | Path) -> None:
+        (Path(directory) / LABELS_METADATA).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "LabelMetadata":
+        path = Path(directory) / LABELS_METADATA
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: label directories are written by `hfspeech labels assign` "
+                                    "and carry labels.json with the label rate")
+        return cls(**json.loads(path.read_text()))
+
+
+def km_file_name(num_clusters: int) -> str:
+    return f"k{num_clusters}.km"
+
+
+def _check_models(models: list[KMeansModel], extractor: FeatureExtractor) -> None:
+    if not models:
+        raise ValueError("no k-means model given")
+    for model in models:
+        if model.dim != extractor.dim:
+            raise ValueError(f"k-means K={model.num_clusters} was fitted on {model.dim}-dim '{model.feature}' features "
+                             f"but the extractor gives {extractor.dim}-dim '{extractor.name}' features; "
+                             "use the feature spec stored in kmeans.json")
+    if len({model.num_clusters for model in models}) != len(models):
+        raise ValueError(f"two k-means models share a K ({[m.num_clusters for m in models]}); label files are named by K")
+
+
+def iter_labels(
+    utterances: Iterable[tuple[str, np.ndarray]],
+    extractor: FeatureExtractor,
+    models: list[KMeansModel],
+    batch_seconds: float = 200.0,
+) -> Iterator[tuple[str, int, list[np.ndarray]]]:
+    """Yield ``(utterance_id, num_samples, [labels (T,) int64 per model])`` on the fly."""
+    _check_models(models, extractor)
+    for names, lengths, features in iter_feature_groups(utterances, extractor, batch_seconds):
+        counts = [f.shape[0] for f in features]
+        for name, num_samples, count in zip(names, lengths, counts):
+            expected = extractor.num_frames(num_samples)
+            if count != expected:
+                raise ValueError(f"utterance {name}: {count} feature frames for {num_samples} samples, "
+                                 f"expected {expected} at {extractor.frame_rate} Hz")
+        frames = torch.cat(features)  # one assignment per group, split per utterance afterwards
+        label_sets = [np.split(model.predict(frames, names[0] if len(names) == 1 else f"group starting at {names[0]}")
+                               .cpu().numpy(), np.cumsum(counts)[:-1]) for model in models]
+        for index, (name, num_samples) in enumerate(zip(names, lengths)):
+            yield name, num_samples, [labels[index] for labels in label_sets]
+
+
+def write_label_files(
+    utterances: Iterable[tuple[str, np.ndarray]],
+    extractor: FeatureExtractor,
+    models: list[KMeansModel],
+    output_dir: str | Path,
+    kmeans_paths: list[str] | None = None,
+    data: str = "",
+    batch_seconds: float = 200.0,
+) -> LabelMetadata:
+    """Assign labels streaming and write ``k{K}.km`` files, ``ids.txt`` and ``labels.json``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handles = [open(output_dir / km_file_name(model.num_clusters), "w") for model in models]
+    count = frames = 0
+    try:
+        with open(output_dir / IDS_FILE, "w") as ids_file:
+            for name, _, labels in iter_labels(utterances, extractor, models, batch_seconds):
+                if any(c.isspace() for c in name):
+                    raise ValueError(f"utterance id {name!r} contains whitespace; ids.txt needs one id per line")
+                ids_file.write(name + "\n")
+                for handle, row in zip(handles, labels):
+                    handle.write(" ".join(map(str, row.tolist())) + "\n")
+                count += 1
+                frames += len(labels[0])
+    finally:
+        for handle in handles:
+            handle.close()
+    metadata = LabelMetadata(
+        label_rate=extractor.frame_rate, num_clusters=[m.num_clusters for m in models], feature=extractor.name,
+        feature_dim=extractor.dim, kmeans=list(kmeans_paths or []), num_utterances=count, num_frames=frames, data=data,
+    )
+    metadata.save(output_dir)
+    logger.info("wrote labels of %d utterances (%d frames) to %s", count, frames, output_dir)
+    return metadata
+
+
+def read_km_file(path: str | Path) -> list[np.ndarray]:
+    """One (T_i,) int64 array per line of a ``.km`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file {path} not found")
+    rows = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                rows.append(np.array(line.split(), dtype=np.int64))
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: not a line of integer cluster ids ({error})") from error
+    return rows
+
+
+def read_label_directory(directory: str | Path) -> tuple[LabelMetadata, list[str], dict[int, list[np.ndarray]]]:
+    """Read ``labels.json``, ``ids.txt`` and every ``k{K}.km`` of a label directory."""
+    directory = Path(directory)
+    metadata = LabelMetadata.load(directory)
+    ids_path = directory / IDS_FILE
+    if not ids_path.is_file():
+        raise FileNotFoundError(f"{ids_path} not found next to labels.json")
+    ids = ids_path.read_text().split("\n")[:-1]
+    labels = {}
+    for k in metadata.num_clusters:
+        rows = read_km_file(directory / km_file_name(k))
+        if len(rows) != len(ids):
+            raise ValueError(f"{directory / km_file_name(k)} has {len(rows)} lines but ids.txt lists {len(ids)} "
+                             "utterances; the files come from different runs")
+        bad = next((i for i, row in enumerate(rows) if len(row) and (row.min() < 0 or row.max() >= k)), None)
+        if bad is not None:
+            raise ValueError(f"{directory / km_file_name(k)}: utterance {ids[bad]} has ids outside 0..{k - 1}")
+        labels[k] = rows
+    return metadata, ids, labels
+
+
+def check_label_length(
+    utterance_id: str, num_labels: int, num_samples: int, label_rate: float, tolerance_seconds: float = 0.1
+) -> None:
+    """Raise if ``num_labels`` at ``label_rate`` Hz does not span ``num_samples`` of 16 kHz audio.
+
+    The tolerance (fairseq's HubertDataset uses 0.1 s) absorbs framing edges; a 50 Hz vs
+    100 Hz mix-up is off by half the duration and always fails.
+    """
+    audio_seconds = num_samples / SAMPLE_RATE
+    label_seconds = num_labels / label_rate
+    if abs(audio_seconds - label_seconds) > max(tolerance_seconds, 2.5 / label_rate):
+        raise ValueError(
+            f"utterance {utterance_id}: {num_labels} labels at {label_rate:g} Hz span {label_seconds:.2f} s but the "
+            f"audio is {audio_seconds:.2f} s; the labels were made for other audio or another label rate"
+        )
+
+
+def add_label_columns(
+    dataset: Any, extractor: FeatureExtractor, models: list[KMeansModel], audio_column: str = "audio"
+) -> Any:
+    """Add a ``labels_k{K}`` column (list of int) per model to a `datasets` Dataset/IterableDataset.
+
+    Labels are computed lazily for an IterableDataset and batch by batch (``map``) for a
+    Dataset; the column for utterance i is ``models[j].predict(features(audio_i))``.
+    """
+    _check_models(models, extractor)
+
+    def label_batch(batch: dict[str, list]) -> dict[str, list]:
+        waveforms = [np.asarray(audio, dtype=np.float32) for audio in batch[audio_column]]
+        names = [str(name) for name in batch.get("id", range(len(waveforms)))]
+        features = extractor.batch(waveforms, names)
+        out: dict[str, list] = {f"labels_k{m.num_clusters}": [] for m in models}
+        for name, feature in zip(names, features):
+            for model in models:
+                out[f"labels_k{model.num_clusters}"].append(model.predict(feature, name).cpu().tolist())
+        return out
+
+    return dataset.map(label_batch, batched=True, batch_size=16)
+

@@ -1,0 +1,107 @@
+"""`hfspeech labels fit|assign|quality|iterate` end to end on the flite fixtures, and label-rate checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+from threadpoolctl import threadpool_limits
+from transformers import HubertConfig, HubertModel
+
+from hfspeech.cli import main
+from hfspeech.configuration import SpeechEncoderConfig
+from hfspeech.targets.assign import read_label_directory
+from hfspeech.targets.iterations import check_label_rate, run_iterations
+from hfspeech.targets.kmeans import load_kmeans_models
+from hfspeech.targets.layer_features import LayerFeatureReader
+from hfspeech.targets.mfcc import num_mfcc_frames
+
+FLITE = Path(__file__).parent / "fixtures" / "targets" / "flite"
+AUDIO = Path(__file__).parent / "fixtures" / "targets" / "audio"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The test machine's 2 cores are shared: one thread avoids OpenMP oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+def test_fit_assign_quality_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["labels", "fit", str(FLITE), str(tmp_path / "km"), "--k", "8", "--k", "40"]) == 0
+    assert [m.num_clusters for m in load_kmeans_models(tmp_path / "km")] == [8, 40]
+    assert main(["labels", "assign", str(tmp_path / "km"), str(FLITE), str(tmp_path / "labels")]) == 0
+    metadata, ids, labels = read_label_directory(tmp_path / "labels")
+    assert metadata.label_rate == 100.0 and metadata.feature == "mfcc" and len(ids) == 12
+    for name, row in zip(ids, labels[40]):
+        assert len(row) == num_mfcc_frames(len(soundfile.read(FLITE / f"{name}.flac")[0]))
+    capsys.readouterr()
+    assert main(["labels", "quality", str(tmp_path / "labels"), "--alignments", str(FLITE), "--json",
+                 "--heatmap", str(tmp_path / "heat")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["k40"]["pnmi"] > report["k8"]["pnmi"] > 0.2
+    assert Path(report["k40"]["heatmap"]).is_file()
+
+
+def test_quality_command_rejects_alignments_of_other_audio(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["labels", "fit", str(AUDIO), str(tmp_path / "km"), "--k", "4"]) == 0
+    assert main(["labels", "assign", str(tmp_path / "km"), str(AUDIO), str(tmp_path / "labels")]) == 0
+    (tmp_path / "align").mkdir()
+    for name in ("an251-fash-b", "an253-fash-b", "an255-fash-b"):
+        (tmp_path / "align" / f"{name}.phn").write_text("0 16000 sil\n")  # 1 s: right only for an251
+    capsys.readouterr()
+    assert main(["labels", "quality", str(tmp_path / "labels"), "--alignments", str(tmp_path / "align")]) == 2
+    assert "utterance an253-fash-b" in capsys.readouterr().err
+
+
+def test_fit_command_rejects_k_above_frames(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["labels", "fit", str(AUDIO), str(tmp_path / "km"), "--k", "5000"]) == 2
+    assert "K=5000 clusters but only" in capsys.readouterr().err
+
+
+def test_two_iterations_record_their_label_rates(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    HubertModel(config).save_pretrained(tmp_path / "model")
+    results = run_iterations(str(AUDIO), tmp_path / "out", pretrained_model=tmp_path / "model", layer=1,
+                             k_first=6, k_second=7)
+    assert results["iter1"].label_rate == 100.0 and results["iter1"].num_clusters == [6]
+    assert results["iter2"].label_rate == 50.0 and results["iter2"].feature == f"{tmp_path / 'model'}:1"
+    metadata, ids, labels = read_label_directory(tmp_path / "out" / "iter2" / "labels")
+    reader = LayerFeatureReader(HubertModel.from_pretrained(tmp_path / "model"), layer=1)
+    for name, row in zip(ids, labels[7]):
+        assert len(row) == reader.num_frames(len(soundfile.read(AUDIO / f"{name}.flac")[0]))
+    # the HuBERT side refuses a 50 Hz / 100 Hz mix-up
+    check_label_rate(tmp_path / "out" / "iter2" / "labels", SpeechEncoderConfig(label_rate=50))
+    with pytest.raises(ValueError, match="labels were made at 100 Hz .* label_rate=50 Hz"):
+        check_label_rate(tmp_path / "out" / "iter1" / "labels", SpeechEncoderConfig(label_rate=50))
+
+
+def test_assign_rejects_kmeans_of_other_features(tmp_path: Path) -> None:
+    from hfspeech.targets.kmeans import fit_kmeans
+    from hfspeech.targets.iterations import assign_label_sets
+
+    model = fit_kmeans(torch.randn(100, 20), 3, feature="mfcc")
+    model.save(tmp_path / "km")
+    with pytest.raises(ValueError, match="fitted on 20-dim 'mfcc' features but the extractor gives 39-dim"):
+        assign_label_sets(tmp_path / "km", str(AUDIO), tmp_path / "labels")
+
+
+def test_check_command_catches_labels_of_other_audio(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["labels", "fit", str(AUDIO), str(tmp_path / "km"), "--k", "4"]) == 0
+    assert main(["labels", "assign", str(tmp_path / "km"), str(AUDIO), str(tmp_path / "labels")]) == 0
+    assert main(["labels", "check", str(tmp_path / "labels"), str(AUDIO)]) == 0
+    km = tmp_path / "labels" / "k4.km"
+    lines = km.read_text().splitlines()
+    lines[1] = " ".join(lines[1].split()[: len(lines[1].split()) // 2])  # half the labels: a 50/100 Hz slip
+    km.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["labels", "check", str(tmp_path / "labels"), str(AUDIO)]) == 2
+    assert "utterance an253-fash-b: 34 labels at 100 Hz" in capsys.readouterr().err

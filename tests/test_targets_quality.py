@@ -1,0 +1,126 @@
+"""PNMI / purity: hand-computed values, sklearn mutual information, limits, alignments, and an
+end-to-end measurement on flite-synthesised speech with flite's own phone timings."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+from sklearn.metrics import mutual_info_score
+from threadpoolctl import threadpool_limits
+
+from hfspeech.targets.kmeans import fit_kmeans
+from hfspeech.targets.mfcc import compute_mfcc_batch
+from hfspeech.targets.quality import (
+    PhoneSegments,
+    co_occurrence,
+    frame_phones,
+    measure_quality,
+    plot_co_occurrence,
+    quality_from_counts,
+    read_frame_tsv,
+    read_phn_directory,
+    read_phn_file,
+)
+
+FLITE = Path(__file__).parent / "fixtures" / "targets" / "flite"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The test machine's 2 cores are shared: one thread avoids OpenMP oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+def test_hand_computed_example() -> None:
+    # phones a a b b, clusters 0 0 0 1: p(a,0)=1/2, p(b,0)=1/4, p(b,1)=1/4
+    counts, names = co_occurrence([np.array(["a", "a", "b", "b"])], [np.array([0, 0, 0, 1])])
+    assert names == ["a", "b"]
+    np.testing.assert_array_equal(counts, [[2, 0], [1, 1]])
+    pnmi, phone_purity, cluster_purity = quality_from_counts(counts)
+    mutual = 0.5 * math.log(4 / 3) + 0.25 * math.log(2 / 3) + 0.25 * math.log(2)
+    assert pnmi == pytest.approx(mutual / math.log(2))
+    assert pnmi == pytest.approx(0.311278, abs=1e-6)
+    assert phone_purity == pytest.approx(0.75)  # max_i p(i,j): 1/2 + 1/4
+    assert cluster_purity == pytest.approx(0.75)  # max_j p(i,j): 1/2 + 1/4
+
+
+def test_matches_sklearn_mutual_information_on_random_labels() -> None:
+    rng = np.random.RandomState(0)
+    phones = rng.randint(6, size=5000)
+    clusters = (phones * 3 + rng.randint(4, size=5000)) % 11
+    counts, _ = co_occurrence([phones.astype(str)], [clusters])
+    pnmi, _, _ = quality_from_counts(counts)
+    p = np.bincount(phones) / len(phones)
+    assert pnmi == pytest.approx(mutual_info_score(phones, clusters) / -(p * np.log(p)).sum(), rel=1e-9)
+
+
+def test_limits_labels_equal_phones_and_constant_labels() -> None:
+    rng = np.random.RandomState(1)
+    phones = rng.randint(8, size=2000)
+    counts, _ = co_occurrence([phones.astype(str)], [phones])
+    assert quality_from_counts(counts) == pytest.approx((1.0, 1.0, 1.0))
+    counts, _ = co_occurrence([phones.astype(str)], [np.zeros(2000, dtype=int)])
+    pnmi, phone_purity, cluster_purity = quality_from_counts(counts)
+    assert pnmi == pytest.approx(0.0, abs=1e-12)
+    assert phone_purity == pytest.approx(np.bincount(phones).max() / 2000)
+    assert cluster_purity == pytest.approx(1.0)
+
+
+def test_phn_frames_take_the_phone_at_the_frame_centre(tmp_path: Path) -> None:
+    (tmp_path / "u1.phn").write_text("0 4000 a\n4000 16000 b\n")
+    segments = read_phn_file(tmp_path / "u1.phn")
+    phones = frame_phones(segments, 98, 100.0, "u1")  # 98 MFCC frames of 1 s
+    assert phones == ["a"] * 25 + ["b"] * 73  # centre of frame 24 = 3920 < 4000 <= 4080
+    assert frame_phones(segments, 49, 50.0, "u1") == ["a"] * 12 + ["b"] * 37
+
+
+def test_bad_alignments_raise_naming_the_utterance(tmp_path: Path) -> None:
+    segments = PhoneSegments(np.array([0]), np.array([8000]), ["a"])
+    with pytest.raises(ValueError, match="utterance spk/u2: 98 labels at 100 Hz span 0.98 s but the alignment covers 0.50 s"):
+        frame_phones(segments, 98, 100.0, "spk/u2")
+    with pytest.raises(ValueError, match="utterance u3: 49 labels at 50 Hz"):  # 100 Hz alignment vs 50 Hz mix-up
+        frame_phones(PhoneSegments(np.array([0]), np.array([32000]), ["a"]), 49, 50.0, "u3")
+    (tmp_path / "gap.phn").write_text("0 100 a\n200 300 b\n")
+    with pytest.raises(ValueError, match="gap.phn:2: segment starts at sample 200"):
+        read_phn_file(tmp_path / "gap.phn")
+    with pytest.raises(ValueError, match="1 labelled utterances have no alignment"):
+        measure_quality({"nobody": np.zeros(98, dtype=int)}, {"u1": segments}, 100.0)
+
+
+def test_frame_tsv_alignments(tmp_path: Path) -> None:
+    (tmp_path / "align.tsv").write_text("u1\ta a b b b\n")
+    alignments = read_frame_tsv(tmp_path / "align.tsv", frame_rate=100.0)
+    np.testing.assert_array_equal(alignments["u1"].ends, [160, 320, 480, 640, 800])
+    report, counts, names = measure_quality({"u1": np.array([0, 0, 1, 1, 1])}, alignments, 100.0)
+    assert report.pnmi == pytest.approx(1.0) and report.num_frames == 5
+
+
+def test_end_to_end_pnmi_on_synthesised_speech(tmp_path: Path) -> None:
+    alignments = read_phn_directory(FLITE)
+    names = sorted(alignments)
+    waveforms = [soundfile.read(FLITE / f"{name}.flac", dtype="float32")[0] for name in names]
+    features = compute_mfcc_batch(waveforms, utterance_ids=names)
+    model = fit_kmeans(torch.cat(features), 50, backend="torch", seed=0)
+    labels = {name: model.predict(f).numpy() for name, f in zip(names, features)}
+    report, counts, phones = measure_quality(labels, alignments, label_rate=100.0)
+    rng = np.random.RandomState(0)
+    random_labels = {name: rng.randint(50, size=len(row)) for name, row in labels.items()}
+    random_report, _, _ = measure_quality(random_labels, alignments, label_rate=100.0)
+    print(f"flite MFCC K=50: PNMI {report.pnmi:.3f} (random {random_report.pnmi:.3f}), "
+          f"phone purity {report.phone_purity:.3f}, cluster purity {report.cluster_purity:.3f}")
+    assert report.num_utterances == 12 and report.num_phones > 25
+    assert report.pnmi > 0.3 and report.pnmi > 3 * random_report.pnmi
+    assert report.phone_purity > 2 * random_report.phone_purity
+    png = plot_co_occurrence(counts, phones, tmp_path / "heat.png", title="flite K=50")
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 300
