@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hfspeech.modeling.commands",
     "hfspeech.data.commands",
     "hfspeech.decoding.commands",
+    "hfspeech.decoding.evaluation_commands",
     "hfspeech.targets.commands",
     "hfspeech.training.commands",
 )

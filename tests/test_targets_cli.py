@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import soundfile
 import torch
-from threadpoolctl import threadpool_limits
 from transformers import HubertConfig, HubertModel
 
 from hfspeech.cli import main
@@ -23,14 +22,7 @@ FLITE = Path(__file__).parent / "fixtures" / "targets" / "flite"
 AUDIO = Path(__file__).parent / "fixtures" / "targets" / "audio"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The test machine's 2 cores are shared: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_fit_assign_quality_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 import soundfile
 import torch
 from sklearn.cluster import KMeans
@@ -26,14 +25,7 @@ from hfspeech.targets.mfcc import MFCCFeatureExtractor, compute_mfcc_batch
 AUDIO = Path(__file__).parent / "fixtures" / "targets" / "audio"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The test machine's 2 cores are shared: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _real_mfcc_frames() -> torch.Tensor:

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from threadpoolctl import threadpool_limits
 import torch
 from transformers import HubertConfig, HubertModel
 
 from hfspeech.targets.layer_features import LayerFeatureReader, num_conv_frames, parse_layer_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The test machine's 2 cores are shared: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

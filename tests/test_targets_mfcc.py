@@ -13,7 +13,6 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 import scipy.fft
 import scipy.signal
 import soundfile
@@ -24,14 +23,7 @@ from hfspeech.targets.mfcc import MFCCConfig, compute_deltas, compute_mfcc, comp
 AUDIO = Path(__file__).parent / "fixtures" / "targets" / "audio"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The test machine's 2 cores are shared: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _reference_kaldi_mfcc(waveform: np.ndarray) -> np.ndarray:

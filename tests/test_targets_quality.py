@@ -12,7 +12,6 @@ import soundfile
 import torch
 from PIL import Image
 from sklearn.metrics import mutual_info_score
-from threadpoolctl import threadpool_limits
 
 from hfspeech.targets.kmeans import fit_kmeans
 from hfspeech.targets.mfcc import compute_mfcc_batch
@@ -31,14 +30,7 @@ from hfspeech.targets.quality import (
 FLITE = Path(__file__).parent / "fixtures" / "targets" / "flite"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The test machine's 2 cores are shared: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_hand_computed_example() -> None:

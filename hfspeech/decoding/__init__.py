@@ -31,3 +31,13 @@ __all__ = [
     "error_report", "find_kenlm_binary", "forced_align", "load_vocabulary", "measure_decoding_speed",
     "load_decoder", "load_decoder_spec", "save_decoder", "simulate_emissions", "tune_lm_weights",
 ]
+
+from hfspeech.decoding.model_emissions import (  # noqa: E402
+    EvaluationResult, LoadedCTCModel, compute_emissions, evaluate_emissions, load_ctc_model,
+    model_emissions_cache_path, resolve_decoder_spec, transcribe_audio_files,
+)
+
+__all__ += [
+    "EvaluationResult", "LoadedCTCModel", "compute_emissions", "evaluate_emissions", "load_ctc_model",
+    "model_emissions_cache_path", "resolve_decoder_spec", "transcribe_audio_files",
+]

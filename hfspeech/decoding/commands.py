@@ -47,14 +47,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.set_defaults(func=run_build)
 
     tune = verbs.add_parser(
-        "tune", help="search alpha/beta on a dev set's cached emissions",
-        description=("Search the LM weight alpha and word bonus beta (optuna TPE, seeded) that minimise "
-                     "WER on EMISSIONS (an .npz emissions cache), write the best values as JSON and "
-                     "print the WER table."),
+        "tune", help="search alpha/beta on a dev set (cached emissions, or a model + data)",
+        description=("Search the LM weight alpha and word bonus beta (optuna TPE, seeded) that minimise WER and "
+                     "print the WER table. Two forms: `lm tune EMISSIONS LM` tunes on an .npz emissions cache "
+                     "and writes the best values as JSON (--output); `lm tune MODEL DATA --lm LM_DIR` computes "
+                     "the model's emissions on DATA once (cached under MODEL/emissions or --cache) and saves the "
+                     "LM with the best alpha/beta into MODEL (AutoProcessor and the ASR pipeline then use it)."),
     )
-    tune.add_argument("emissions", type=Path, help="emissions cache (.npz, see hfspeech.decoding.emissions)")
-    tune.add_argument("lm", type=Path, help="LM directory from `hfspeech lm build` or an lm.bin/lm.arpa")
-    tune.add_argument("--output", type=Path, default=Path("lm_weights.json"))
+    tune.add_argument("inputs", nargs=2, metavar="INPUT",
+                      help="EMISSIONS LM: an emissions cache (.npz) and an LM; or, with --lm, MODEL DATA: a CTC "
+                           "model directory and a data source")
+    tune.add_argument("--lm", dest="lm_dir", type=Path, default=None,
+                      help="LM directory from `hfspeech lm build`: selects the MODEL DATA form")
+    tune.add_argument("--cache", type=Path, default=None, help="MODEL DATA form: emissions cache file (.npz)")
+    tune.add_argument("--device", default="cpu", help="MODEL DATA form: torch device for the model")
+    tune.add_argument("--output", type=Path, default=None,
+                      help="result JSON (default: lm_weights.json; MODEL/lm_tuning.json in the MODEL DATA form)")
     tune.add_argument("--trials", type=int, default=30)
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--alpha", type=float, default=0.5, help="default alpha, tried first")
@@ -112,18 +120,38 @@ def _spec(args: argparse.Namespace, labels: tuple[str, ...], blank: int, seconds
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from hfspeech.decoding.emissions import EmissionsCache
+    from hfspeech.decoding.emissions import EmissionsCache, cached_emissions
     from hfspeech.decoding.tuning import tune_lm_weights
 
-    cache = EmissionsCache.load(args.emissions)
+    first, second = args.inputs
+    model_dir = None
+    if args.lm_dir is not None:
+        from hfspeech.decoding.model_emissions import compute_emissions, load_ctc_model, model_emissions_cache_path
+
+        model_dir, data, lm = Path(first), second, args.lm_dir
+        cache_path = args.cache or model_emissions_cache_path(model_dir, data)
+        cache = cached_emissions(cache_path, lambda: compute_emissions(
+            load_ctc_model(model_dir, args.device), data, device=args.device, require_transcripts=True))
+        output = args.output or model_dir / "lm_tuning.json"
+    else:
+        if Path(first).is_dir():
+            raise ValueError(f"{first} is a directory, not an emissions cache (.npz); to tune on a model and a "
+                             f"data source use `hfspeech lm tune {first} {second} --lm LM_DIR`.")
+        cache, lm = EmissionsCache.load(Path(first)), Path(second)
+        output = args.output or Path("lm_weights.json")
     spec = _spec(args, cache.vocabulary.labels, cache.vocabulary.blank_index, cache.seconds_per_frame,
-                 args.lm, args.alpha, args.beta)
+                 lm, args.alpha, args.beta)
     result = tune_lm_weights(cache, spec, num_trials=args.trials, seed=args.seed,
                              alpha_range=tuple(args.alpha_range), beta_range=tuple(args.beta_range),
                              num_workers=args.workers)
-    result.to_json(args.output)
+    result.to_json(output)
     print(result.table())
-    print(f"best alpha={result.alpha:.4f} beta={result.beta:.4f} WER {100 * result.wer:.2f}% -> {args.output}")
+    print(f"best alpha={result.alpha:.4f} beta={result.beta:.4f} WER {100 * result.wer:.2f}% -> {output}")
+    if model_dir is not None:
+        from hfspeech.processing.processor_with_lm import attach_language_model
+
+        attach_language_model(model_dir, spec.with_weights(result.alpha, result.beta))
+        print(f"saved the {spec.backend} decoder with the LM and these weights into {model_dir}")
     return 0
 
 

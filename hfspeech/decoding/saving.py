@@ -2,7 +2,7 @@
 
 Layout added to a model directory::
 
-    MODEL_DIR/language_model/decoder_config.json   DecoderSpec fields (paths relative)
+    MODEL_DIR/decoder_config.json                  DecoderSpec fields (paths relative to MODEL_DIR)
     MODEL_DIR/language_model/lm.bin                the KenLM model (binary or ARPA, copied)
     MODEL_DIR/language_model/unigrams.txt          the word list
 
@@ -42,16 +42,18 @@ def save_decoder(spec: DecoderSpec, model_dir: str | Path) -> Path:
         if model_path.resolve() != target.resolve():
             shutil.copyfile(model_path, target)
         (directory / UNIGRAMS_NAME).write_text("\n".join(unigrams) + "\n", encoding="utf-8")
-        config["lm_path"] = target.name
-        config["unigrams_path"] = UNIGRAMS_NAME
-    (directory / DECODER_CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        config["lm_path"] = f"{DECODER_DIRECTORY}/{target.name}"
+        config["unigrams_path"] = f"{DECODER_DIRECTORY}/{UNIGRAMS_NAME}"
+    # The config sits beside the model (not inside language_model/, which pyctcdecode's loader
+    # requires to hold only the LM, unigrams.txt and attrs.json), paths relative to model_dir.
+    (Path(model_dir) / DECODER_CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
     return directory
 
 
 def load_decoder_spec(model_dir: str | Path) -> DecoderSpec:
     """Read the spec saved by :func:`save_decoder`; check it against the model's vocab.json if present."""
     model_dir = Path(model_dir)
-    config_path = model_dir / DECODER_DIRECTORY / DECODER_CONFIG_NAME
+    config_path = model_dir / DECODER_CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{config_path} does not exist: this model directory has no saved decoder. Save one with "
@@ -64,7 +66,7 @@ def load_decoder_spec(model_dir: str | Path) -> DecoderSpec:
         raise ValueError(f"{config_path}: unknown fields {unknown}; it was written by another hfspeech version.")
     for key in ("lm_path", "unigrams_path"):
         if config.get(key):
-            config[key] = str(config_path.parent / config[key])
+            config[key] = str(model_dir / config[key])
     spec = DecoderSpec(**config)
     if (model_dir / "vocab.json").is_file():
         vocabulary = load_vocabulary(model_dir)

@@ -50,3 +50,7 @@ __all__ = [
     "pad_labels",
     "register_auto_classes",
 ]
+
+from .processor_with_lm import SpeechProcessorWithLM, attach_language_model, load_model_decoder_spec  # noqa: E402
+
+__all__ += ["SpeechProcessorWithLM", "attach_language_model", "load_model_decoder_spec"]
