@@ -38,10 +38,11 @@ _BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
         feat_extract_norm="group",
         layer_norm_first=False,
         conv_bias=False,
-        codevector_dim=32,
-        proj_codevector_dim=32,
-        num_codevectors_per_group=32,
-        hubert_final_dim=16,
+        # the objectives keep their paper sizes (G=2 x V=320 codebook, 256-dim targets):
+        # only the backbone shrinks
+        codevector_dim=256,
+        proj_codevector_dim=256,
+        hubert_final_dim=256,
     ),
     "base": dict(
         hidden_size=768,

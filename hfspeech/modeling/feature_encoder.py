@@ -88,15 +88,17 @@ class MaskedChannelNorm(nn.Module):
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """hidden: (B, T, C); lengths: (B,) valid frames or None (all valid)."""
+        channels_first = hidden.transpose(1, 2)  # statistics run along the contiguous time axis
         num_frames = hidden.shape[1]
         if lengths is None or bool((lengths >= num_frames).all()):
-            variance, mean = torch.var_mean(hidden, dim=1, keepdim=True, correction=0)
-        else:
-            valid = (torch.arange(num_frames, device=hidden.device) < lengths[:, None]).unsqueeze(-1)
-            count = lengths.clamp(min=1).to(hidden.dtype)[:, None, None]
-            mean = (hidden * valid).sum(1, keepdim=True) / count
-            variance = ((hidden - mean) * valid).pow(2).sum(1, keepdim=True) / count
-        return (hidden - mean) * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+            return F.group_norm(channels_first, hidden.shape[2], self.weight, self.bias, self.eps).transpose(1, 2)
+        channels_first = channels_first.contiguous()
+        valid = (torch.arange(num_frames, device=hidden.device) < lengths[:, None]).unsqueeze(1)  # (B, 1, T)
+        count = lengths.clamp(min=1).to(hidden.dtype)[:, None, None]
+        mean = (channels_first * valid).sum(-1, keepdim=True) / count
+        variance = ((channels_first - mean) * valid).pow(2).sum(-1, keepdim=True) / count
+        normalised = (channels_first - mean) * torch.rsqrt(variance + self.eps)
+        return (normalised * self.weight[:, None] + self.bias[:, None]).transpose(1, 2)
 
 
 class ChannelLayerNorm(nn.LayerNorm):
