@@ -97,3 +97,15 @@ def test_every_recipe_parses(recipe):
         from hfspeech.configuration import SpeechEncoderConfig
 
         SpeechEncoderConfig.from_preset(args.model, objective=args.objective, **args.model_overrides)
+
+
+def test_tiny_hubert_recipe_runs_from_labels_to_a_model(tmp_path):
+    recipe = Path(__file__).parents[1] / "recipes" / "tiny" / "pretrain_hubert.yaml"
+    assert cli_main(["labels", "fit", "--features", "mfcc", "--k", "100", AN4, str(tmp_path / "kmeans")]) == 0
+    assert cli_main(["labels", "assign", str(tmp_path / "kmeans"), AN4, str(tmp_path / "labels")]) == 0
+    assert cli_main(["pretrain", str(recipe), f"output_dir={tmp_path}/pt", f"labels={tmp_path}/labels",
+                     f"train_data={AN4}", "max_steps=3"]) == 0
+    assert (tmp_path / "pt" / "final" / "model.safetensors").exists()
+    # labels at the wrong rate for the model are refused before training
+    assert cli_main(["pretrain", str(recipe), f"output_dir={tmp_path}/bad", f"labels={tmp_path}/labels",
+                     f"train_data={AN4}", "max_steps=1", "model_overrides={hubert_num_clusters: [100], label_rate: 50}"]) == 2

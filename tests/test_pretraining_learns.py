@@ -25,7 +25,10 @@ def train_on_fixed_batch(objective: str, steps: int = 40):
     torch.manual_seed(0)
     config = SpeechEncoderConfig.from_preset(
         "tiny", objective=objective, hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
-        feat_quantizer_dropout=0.0, layerdrop=0.0, num_negatives=20, hubert_num_clusters=[100])
+        feat_quantizer_dropout=0.0, layerdrop=0.0, num_negatives=20, hubert_num_clusters=[100],
+        # a 2-utterance batch has ~130 masked frames: a 2 x 32 codebook lets "perplexity above
+        # half of G*V" mean something (the paper's 2 x 320 would need thousands of frames)
+        num_codevectors_per_group=32, codevector_dim=32, proj_codevector_dim=32)
     model = SpeechEncoderForPreTraining(config).train()
     batch = global_batches(objective)[0]
     if objective == "hubert":

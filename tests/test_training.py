@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -123,3 +124,65 @@ def test_config_file_and_overrides(tmp_path):
     assert (args.max_steps, args.learning_rate, args.mixed_precision) == (7, 0.001, "bf16")
     with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['max_step'\].*max_steps"):
         parse_arguments(PretrainingArguments, config, ["max_step=7"])
+
+
+def test_layerdrop_works_under_two_process_ddp(tmp_path):
+    """Skipped layers leave parameters without gradients on one rank; DDP must not hang or fail."""
+    result = run_script(tmp_path / "run", "--accumulation", "1", "--layerdrop", "0.5", "--steps", "4", processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["num_processes"] == 2
+    params = load_params(tmp_path / "run")
+    assert all(torch.isfinite(value).all() for value in params.values())
+
+
+def _tiny_run(tmp_path, accelerator, max_steps=3, break_call=None):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from pretrain_run import global_batches
+
+    from hfspeech import SpeechEncoderConfig, SpeechEncoderForPreTraining
+    from hfspeech.training.pretrain_loop import run_pretraining
+
+    torch.manual_seed(0)
+    model = SpeechEncoderForPreTraining(SpeechEncoderConfig.from_preset(
+        "tiny", mask_time_prob=0.4, mask_time_length=4, num_negatives=10, layerdrop=0.0))
+    if break_call is not None:
+        original, calls = model.forward, {"count": 0}
+
+        def forward(*args, **kwargs):
+            output = original(*args, **kwargs)
+            calls["count"] += 1
+            if calls["count"] == break_call:
+                output["loss"] = output["loss"] * float("nan")
+            return output
+
+        model.forward = forward
+    batches = global_batches("wav2vec2")
+    args = PretrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, learning_rate=1e-3, warmup_ratio=0.0,
+                                save_steps=1000, seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = run_pretraining(model, lambda epoch: iter(batches), args, accelerator)
+    return model, before, state
+
+
+def _fresh_accelerator(**kwargs):
+    """accelerate keeps one process-wide state; tests that change its settings start it anew."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=True, **kwargs)
+
+
+def test_non_finite_updates_are_skipped_and_counted(tmp_path):
+    model, before, state = _tiny_run(tmp_path, _fresh_accelerator(), max_steps=3, break_call=2)
+    assert state["skipped_updates"] == 1
+    assert all(torch.isfinite(value).all() for value in model.state_dict().values())
+    assert any(not torch.equal(value, before[key]) for key, value in model.state_dict().items())
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    model, before, state = _tiny_run(tmp_path, _fresh_accelerator(mixed_precision="bf16"), max_steps=2)
+    assert state["skipped_updates"] == 0 and math.isfinite(state["metrics"]["loss"])
+    assert all(value.dtype == before[key].dtype for key, value in model.state_dict().items())  # fp32 master weights
+    assert any(not torch.equal(value, before[key]) for key, value in model.state_dict().items())
+    _fresh_accelerator()  # leave the default (fp32) state to later tests

@@ -57,12 +57,16 @@ def main() -> None:
     parser.add_argument("--save-steps", type=int, default=1000)
     parser.add_argument("--objective", default="wav2vec2")
     parser.add_argument("--crash-after-batches", type=int, default=0)
+    parser.add_argument("--layerdrop", type=float, default=0.0)
     args = parser.parse_args()
-    accelerator = Accelerator(cpu=True)
+    from accelerate import DistributedDataParallelKwargs
+
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=args.layerdrop > 0)])
     torch.manual_seed(0)
     config = SpeechEncoderConfig.from_preset(
         "tiny", objective=args.objective, hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
-        feat_quantizer_dropout=0.0, layerdrop=0.0, mask_time_prob=0.4, mask_time_length=4, num_negatives=10)
+        feat_quantizer_dropout=0.0, layerdrop=args.layerdrop, mask_time_prob=0.4, mask_time_length=4, num_negatives=10)
     model = SpeechEncoderForPreTraining(config)
     batches = global_batches(args.objective)
     served = {"count": 0}
