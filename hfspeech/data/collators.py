@@ -25,7 +25,6 @@ import torch
 from .audio import TARGET_SAMPLE_RATE
 from .cropping import FAIRSEQ_MAX_SAMPLES, crop_windows
 
-LABEL_PAD = -100
 NORMALIZE_EPSILON = 1e-7
 
 
@@ -49,13 +48,10 @@ def pad_waveforms(waveforms: Sequence[np.ndarray], pad_to_multiple_of: int | Non
 
 
 def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Pad integer sequences into ``(B, L)`` int64 with -100."""
-    longest = max((len(s) for s in sequences), default=0)
-    labels = torch.full((len(sequences), longest), LABEL_PAD, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        if len(sequence):
-            labels[row, : len(sequence)] = torch.as_tensor(np.asarray(sequence, dtype=np.int64))
-    return labels
+    """Pad integer sequences into ``(B, L)`` int64 with -100 (the processor's padding, as a tensor)."""
+    from ..processing.processor import pad_labels as pad_label_ids
+
+    return pad_label_ids([np.asarray(sequence, dtype=np.int64) for sequence in sequences], return_tensors="pt")
 
 
 def _waveforms(examples: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
