@@ -58,9 +58,9 @@ def strided_conv1d(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     Returns:
         (B, T_out, C_out) with T_out = (T_in - k) // stride + 1, equal to ``nn.Conv1d``.
 
-    Gathering the k strided slices into (B, T_out, k*C_in) and multiplying once is ~25%
-    faster forward+backward than oneDNN's conv on CPU for the wav2vec 2.0 stack, and
-    a zero-copy reshape when k == stride.
+    Gathering the k strided slices into (B, T_out, k*C_in) and multiplying once was faster
+    forward+backward than oneDNN's conv for every wav2vec 2.0 layer shape measured on CPU
+    (2.2x at 512 channels, see benchmarks/RESULTS.md); a zero-copy reshape when k == stride.
     """
     batch, frames_in, channels = hidden.shape
     out_channels, _, kernel = weight.shape
