@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hfspeech.decoding.evaluation_commands",
     "hfspeech.targets.commands",
     "hfspeech.training.commands",
+    "hfspeech.sharing.commands",
 )
 
 
