@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -42,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--workers", type=int, default=1, help="decoder processes")
     evaluate.add_argument("--worst", type=int, default=5, help="show this many worst utterances")
     evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    evaluate.add_argument("--save", action="store_true",
+                          help="also record the result in MODEL/evaluation/ (the model card of `hfspeech push` lists it)")
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -78,6 +81,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cache = compute() if args.no_cache else cached_emissions(
         args.cache or model_emissions_cache_path(args.model, args.data), compute)
     result = evaluate_emissions(cache, spec, num_workers=args.workers)
+    if args.save:
+        from hfspeech.sharing.evaluations import save_evaluation_result
+
+        saved = save_evaluation_result(args.model, args.data, result.to_dict(args.worst))
+        print(f"saved {saved}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(args.worst), indent=2))
         return 0

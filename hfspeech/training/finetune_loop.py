@@ -156,7 +156,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
                 writer.add_scalar("dev/cer", metrics["cer"], update + 1)
             if accelerator.is_main_process and (state["best_wer"] is None or metrics["wer"] < state["best_wer"]):
                 state["best_wer"] = metrics["wer"]
-                _save_model_directory(unwrapped, processor, output_dir / "best", metrics)
+                _save_model_directory(unwrapped, processor, output_dir / "best", metrics, run_config)
         if (update + 1) % args.save_steps == 0 or update + 1 == args.max_steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
@@ -165,18 +165,23 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped.backbone_frozen = False
-        _save_model_directory(unwrapped, processor, output_dir / "final", metrics)
-        if args.push_to_hub:
-            unwrapped.push_to_hub(args.hub_model_id or output_dir.name)
-            processor.push_to_hub(args.hub_model_id or output_dir.name)
+        _save_model_directory(unwrapped, processor, output_dir / "final", metrics, run_config)
+        if args.push_to_hub:  # the complete final/ directory + model card (token: HF_TOKEN or `hf auth login`)
+            from ..sharing import push_model_directory
+
+            push_model_directory(output_dir / "final", args.hub_model_id or output_dir.name)
     return {"final": metrics, "best_wer": state["best_wer"], "train_losses": losses}
 
 
-def _save_model_directory(model, processor: SpeechProcessor, directory: Path, metrics: dict[str, float]) -> None:
+def _save_model_directory(model, processor: SpeechProcessor, directory: Path, metrics: dict[str, float],
+                          run_config: dict[str, Any]) -> None:
+    from ..sharing.training_files import write_training_config
+
     temporary = directory.with_name(directory.name + ".partial")
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary)
     processor.save_pretrained(temporary)
     (temporary / "dev_metrics.json").write_text(__import__("json").dumps(metrics, indent=2))
+    write_training_config(temporary, run_config)
     shutil.rmtree(directory, ignore_errors=True)
     temporary.rename(directory)

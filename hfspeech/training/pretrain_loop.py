@@ -179,9 +179,16 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
         writer.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        from ..sharing.training_files import copy_label_kmeans, write_training_config
+
         unwrapped.save_pretrained(output_dir / "final")
-        if args.push_to_hub:
-            unwrapped.push_to_hub(args.hub_model_id or output_dir.name)
+        write_training_config(output_dir / "final", run_config)
+        if args.labels:  # HuBERT: the k-means behind the labels travel with the model
+            copy_label_kmeans(args.labels, output_dir / "final")
+        if args.push_to_hub:  # the complete final/ directory + model card (token: HF_TOKEN or `hf auth login`)
+            from ..sharing import push_model_directory
+
+            push_model_directory(output_dir / "final", args.hub_model_id or output_dir.name)
     return {"step": args.max_steps, **state, "metrics": metrics}
 
 
