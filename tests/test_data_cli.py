@@ -82,3 +82,36 @@ def test_info_reports_bad_input_with_exit_code_2(capsys, tmp_path):
         s["location"] for s in summary["skipped"]]
     assert main(["data", "info", str(folder), "--skip-bad"]) == 0
     assert "skipped:      1 bad item(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])
+def test_info_lists_corrupt_audio_behind_a_valid_header_at_the_end(capsys, tmp_path, streaming):
+    from test_data_bad_input import build_source
+
+    spec, _, victim, good = build_source(tmp_path, "manifest", "corrupt data")
+    flags = ["--streaming"] if streaming else []
+    assert main(["data", "info", spec, "--skip-bad", *flags]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"utterances:   {good}" in lines
+    assert lines[-2] == "skipped:      1 bad item(s)"  # the list closes the output
+    assert lines[-1].startswith(f"  {tmp_path / 'clips' / victim}.flac: cannot decode audio")
+    if streaming:  # map-style info reads headers only unless --skip-bad asks to decode
+        assert main(["data", "info", spec, *flags]) == 2
+        error = capsys.readouterr().err
+        assert f"{victim}.flac: cannot decode audio" in error and "--skip-bad" in error
+
+
+def test_info_librilight_subset(capsys, tmp_path):
+    chapter_source = FIXTURES / "librispeech" / "LibriSpeech" / "train-clean-100" / "103" / "1240"
+    lines = dict(line.split(" ", 1) for line in (chapter_source / "103-1240.trans.txt").read_text().splitlines())
+    root = tmp_path / "librispeech_finetuning"
+    for folder, utterance in zip(("1h/0/clean", "1h/3/other", "9h/clean"), sorted(lines)):
+        chapter = root / folder / "103" / "1240"
+        chapter.mkdir(parents=True)
+        shutil.copy(chapter_source / f"{utterance}.flac", chapter)
+        (chapter / "103-1240.trans.txt").write_text(f"{utterance} {lines[utterance]}\n")
+    for subset, count in (("10min", 1), ("1h", 2), ("10h", 3)):
+        summary = info(capsys, str(root), "--split", subset)
+        assert summary["utterances"] == count and summary["speakers"] == 1
+        flacs = [chapter_source / f"{u}.flac" for u in sorted(lines)[:count]]
+        assert summary["hours"] == pytest.approx(seconds(flacs) / 3600)

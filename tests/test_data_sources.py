@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from hfspeech.data import SkippedItems, load_source
+from hfspeech.data import load_source
 from hfspeech.data.sources import detect_source_kind
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -226,73 +226,6 @@ def test_hub_call_uses_the_real_repository(tmp_path, monkeypatch):
         load_source("librispeech:clean/train.500")
     with pytest.raises(ValueError, match="unknown LibriSpeech config 'noisy'"):
         load_source("librispeech:noisy/test")
-
-
-# --- bad input ---------------------------------------------------------------------------------
-
-def broken_librispeech(tmp_path: Path, problem: str) -> tuple[Path, str]:
-    root = tmp_path / "LibriSpeech"
-    shutil.copytree(LIBRISPEECH / "LibriSpeech", root)
-    chapter = root / "train-clean-100" / "103" / "1240"
-    transcript = chapter / "103-1240.trans.txt"
-    if problem == "corrupt":
-        (chapter / "103-1240-0004.flac").write_bytes(b"fLaC this is not a flac stream" * 10)
-        return root, "103-1240-0004.flac"
-    if problem == "empty":
-        (chapter / "103-1240-0004.flac").write_bytes(b"")
-        return root, "103-1240-0004.flac"
-    if problem == "missing line":
-        transcript.write_text("".join(l + "\n" for l in transcript.read_text().splitlines() if "0006" not in l))
-        return root, "103-1240-0006.flac"
-    if problem == "missing file":
-        (chapter / "103-1240-0009.flac").unlink()
-        return root, "103-1240-0009"
-    raise AssertionError(problem)
-
-
-@pytest.mark.parametrize("problem", ["corrupt", "empty", "missing line", "missing file"])
-def test_bad_items_fail_with_the_file_name_or_are_skipped_and_reported(tmp_path, caplog, problem):
-    root, name = broken_librispeech(tmp_path, problem)
-    with pytest.raises(ValueError, match=name):
-        load_source(str(root))
-    with caplog.at_level(logging.WARNING, logger="hfspeech.data"):
-        dataset = load_source(str(root), skip_bad=True)
-    assert len(dataset) == 2
-    report = [r.getMessage() for r in caplog.records if "skipped 1 bad item" in r.getMessage()]
-    assert len(report) == 1 and name in report[0]
-    ledger = SkippedItems()
-    load_source(str(root), skip_bad=True, skipped=ledger)
-    assert len(ledger) == 1 and name in str(next(iter(ledger)))
-
-
-def test_streaming_skip_bad_drops_corrupt_audio_and_logs_it(tmp_path, caplog):
-    root, name = broken_librispeech(tmp_path, "corrupt")
-    with pytest.raises(ValueError, match=name):
-        list(load_source(str(root), streaming=True))
-    with caplog.at_level(logging.WARNING, logger="hfspeech.data"):
-        examples = list(load_source(str(root), streaming=True, skip_bad=True))
-    assert len(examples) == 2
-    assert any(name in r.getMessage() for r in caplog.records)
-
-
-def test_audiofolder_and_manifest_bad_rows(tmp_path):
-    folder = tmp_path / "an4"
-    shutil.copytree(AN4, folder)
-    (folder / "fash" / "an253-fash-b.flac").unlink()
-    with pytest.raises(ValueError, match=r"metadata.csv:3: metadata row for missing audio file .*an253-fash-b.flac"):
-        load_source(str(folder))
-    assert len(load_source(str(folder), skip_bad=True)) == 5
-    shutil.copy(AN4 / "fash" / "an253-fash-b.flac", folder / "fash")
-    shutil.copy(FSDD / "0_george_0.wav", folder / "stray.wav")
-    with pytest.raises(ValueError, match="stray.wav: audio file has no row"):
-        load_source(str(folder))
-    assert len(load_source(str(folder), skip_bad=True)) == 6
-    manifest = tmp_path / "m.tsv"
-    manifest.write_text("path\ttext\nnowhere.flac\tHELLO\n")
-    with pytest.raises(ValueError, match=r"m.tsv:2: audio file .*nowhere.flac not found"):
-        load_source(str(manifest))
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        load_source(str(tmp_path / "absent"))
 
 
 def test_concatenated_and_extended_datasets_still_decode():

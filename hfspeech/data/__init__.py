@@ -4,9 +4,11 @@
 ``datasets.Dataset`` / ``IterableDataset`` with columns ``audio`` (16 kHz mono
 ``np.float32`` array ``(S,)``, decoded on access), ``text`` (absent when unlabeled),
 ``id``, ``speaker_id`` (string), ``duration`` (seconds) and ``sampling_rate`` (native).
+With ``skip_bad=True`` bad items are skipped into a ``SkippedItems`` report
+(``skipped_items(dataset)``) that is logged in one summary at the end (see ``skipped.py``).
 """
 
-from .audio import TARGET_SAMPLE_RATE, AudioInfo, BadItem, SkippedItems, decode_audio, probe_audio
+from .audio import TARGET_SAMPLE_RATE, AudioInfo, decode_audio, probe_audio
 from .batching import DurationBucketBatchSampler, pack_by_duration, padding_fraction
 from .collators import CTCCollator, HubertCollator, PretrainingCollator, normalize_waveform, pad_labels, pad_waveforms
 from .cropping import FAIRSEQ_MAX_SAMPLES, FAIRSEQ_MIN_SAMPLES, crop_windows, drop_short_utterances
@@ -20,6 +22,7 @@ from .librispeech import (
 )
 from .folders import load_audio_directory, load_audiofolder
 from .manifests import load_manifest
+from .skipped import BadItem, SkippedItems, skipped_items
 from .sources import detect_source_kind, load_source
 from .streaming import StreamingBucketBatcher
 from .text import CTC_VOCABULARY, OutOfVocabularyReport, TextNormalizer, out_of_vocabulary_report
@@ -32,5 +35,5 @@ __all__ = [
     "drop_short_utterances", "load_audio_directory", "load_audiofolder", "load_librilight_limited",
     "load_librispeech_hub", "load_librispeech_local", "load_manifest", "load_source", "normalize_waveform",
     "out_of_vocabulary_report", "pack_by_duration", "pad_labels", "pad_waveforms", "padding_fraction",
-    "probe_audio", "summarize_source",
+    "probe_audio", "skipped_items", "summarize_source",
 ]

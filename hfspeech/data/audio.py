@@ -1,13 +1,12 @@
-"""Audio probing, decoding, resampling and down-mixing, plus the bad-item ledger.
+"""Audio probing, decoding, resampling and down-mixing.
 
 Every source in :mod:`hfspeech.data` decodes through :func:`decode_audio`, which uses
 torchcodec (FFmpeg) to return a 16 kHz mono float32 waveform of shape ``(S,)``. A source
 at another rate or with several channels is resampled / down-mixed by FFmpeg; this is
 reported once per source (:class:`ConversionLog`), never per file.
 
-Unreadable, corrupt or empty files raise ``ValueError`` naming the file, unless the caller
-asked to skip bad items, in which case they are recorded in a :class:`SkippedItems`
-ledger that is reported in full at the end.
+Unreadable, corrupt or empty files raise ``ValueError`` naming the file; callers that skip
+bad items record them in a :class:`~hfspeech.data.skipped.SkippedItems` report instead.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .skipped import BadItem, SkippedItems  # noqa: F401 - re-exported, part of the data API
 
 logger = logging.getLogger(__name__)
 
@@ -43,41 +44,6 @@ class AudioInfo:
         return self.num_frames / self.sample_rate
 
 
-@dataclass(frozen=True)
-class BadItem:
-    """One item that could not be used: where it is and what was wrong."""
-
-    location: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.location}: {self.reason}"
-
-
-@dataclass
-class SkippedItems:
-    """Ledger of items skipped because of ``skip_bad=True``; reported at the end."""
-
-    items: list[BadItem] = field(default_factory=list)
-
-    def add(self, location: str, reason: str) -> None:
-        self.items.append(BadItem(location, reason))
-        logger.debug("skipping %s: %s", location, reason)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self):
-        return iter(self.items)
-
-    def report(self, source: str) -> None:
-        """Log every skipped item (call once, when the source has been read)."""
-        if not self.items:
-            return
-        lines = "\n".join(f"  {item}" for item in self.items)
-        logger.warning("%s: skipped %d bad item(s):\n%s", source, len(self.items), lines)
-
-
 def _location(source: AudioSource) -> str:
     if isinstance(source, str):
         return source
@@ -89,7 +55,7 @@ def _location(source: AudioSource) -> str:
 def _payload(source: AudioSource) -> str | bytes:
     """Return what torchcodec/soundfile should open: a path or the encoded bytes."""
     if isinstance(source, dict):
-        if source.get("bytes"):
+        if source.get("bytes") is not None:  # b"" is an empty file, not a missing one
             return source["bytes"]
         if source.get("path"):
             return source["path"]

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("source")
     info.add_argument("--split", default=None, help="LibriSpeech split folder or Libri-light subset")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.add_argument("--skip-bad", action="store_true", help="skip and report bad files instead of failing")
+    info.add_argument("--skip-bad", action="store_true", help="skip bad files and transcript mismatches instead of failing, and list every skipped item at the "
+                      "end (map-style sources decode every file once to find corrupt audio)")
     info.add_argument("--streaming", action="store_true", help="stream local sources too (Hub specs always stream)")
     info.add_argument("--limit", type=int, default=None, help="read at most this many utterances when streaming")
     info.set_defaults(func=run_info)
@@ -41,7 +42,7 @@ def run_info(args: argparse.Namespace) -> int:
     dataset = load_source(args.source, split=args.split, streaming=streaming, skip_bad=args.skip_bad, skipped=skipped)
     summary = summarize_source(dataset, limit=args.limit)
     summary["source"] = args.source
-    summary["skipped"] = [{"location": item.location, "reason": item.reason} for item in skipped]
+    summary["skipped"] = skipped.as_dicts()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .skipped import skipped_items
 from .text import TextNormalizer
 
 logger = logging.getLogger(__name__)
@@ -17,7 +18,8 @@ def summarize_source(dataset: Any, normalizer: TextNormalizer | None = None, lim
     """Describe a dataset from :func:`hfspeech.data.load_source`.
 
     Map-style datasets are summarised from their columns without decoding audio;
-    streaming datasets are iterated (decoding every example), up to ``limit`` examples.
+    streaming datasets are iterated (decoding every example), up to ``limit`` examples;
+    what a ``skip_bad=True`` stream skipped is logged in one summary at the end.
 
     Returns:
         ``{"utterances", "hours", "sample_rates": {rate: count}, "speakers",
@@ -37,6 +39,9 @@ def summarize_source(dataset: Any, normalizer: TextNormalizer | None = None, lim
             if "text" in example:
                 texts.append(example["text"])
         labeled = bool(texts)
+        skipped = skipped_items(dataset)
+        if skipped is not None:
+            skipped.report("end of the stream")
     else:
         columns = dataset.select_columns([c for c in dataset.column_names if c != "audio"])
         durations = columns["duration"]

@@ -11,7 +11,8 @@ The ``audio`` column is decoded on access, not stored decoded:
   16 kHz mono ``np.float32`` array of shape ``(S,)``; other columns are untouched, so
   ``dataset["duration"]`` does not decode anything.
 - streaming ``IterableDataset``: a ``map`` decodes each example, fills ``duration`` from
-  the decoded length and drops (and logs) bad items when ``skip_bad`` is set.
+  the decoded length and, when ``skip_bad`` is set, skips bad items into the source's
+  :class:`~hfspeech.data.skipped.SkippedItems` report (summarised at the end of each pass).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import datasets
 from datasets import Dataset, Features, IterableDataset, Value
 
-from .audio import TARGET_SAMPLE_RATE, ConversionLog, SkippedItems, decode_audio, probe_audio
+from .audio import TARGET_SAMPLE_RATE, ConversionLog, decode_audio, probe_audio
+from .skipped import SkippedItems
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +42,36 @@ def record_features(labeled: bool, probed: bool) -> Features:
     return Features(features)
 
 
+SKIP_HINT = "(or pass skip_bad=True / --skip-bad to skip bad items and report them at the end)"
+
+
+def _reason(error: Exception, location: str) -> str:
+    """The error message without the leading ``location: `` (the report shows the location)."""
+    return str(error).removeprefix(f"{location}: ")
+
+
+def _text_problem(batch: dict[str, list], row: int) -> str | None:
+    """A labeled row whose transcript is missing/empty (Hub shards are not checked while listing)."""
+    if "text" in batch and not (batch["text"][row] or "").strip():
+        return f"empty transcript for utterance {batch['id'][row]}; fill it in or remove the utterance"
+    return None
+
+
 class DecodeTransform:
     """Format transform for map-style datasets: decodes the ``audio`` column on access.
 
-    Picklable, so it travels to DataLoader workers.
+    Picklable, so it travels to DataLoader workers. Holds the source's :class:`SkippedItems`
+    report (``skipped``) so :func:`hfspeech.data.skipped_items` finds it after ``select`` etc.
+    A file that fails to decode raises ``ValueError`` naming it; without ``skip_bad`` the
+    message suggests ``skip_bad=True``, with it (every file decoded at load) the file changed.
     """
 
-    def __init__(self, sample_rate: int = TARGET_SAMPLE_RATE) -> None:
+    def __init__(
+        self, sample_rate: int = TARGET_SAMPLE_RATE, skip_bad: bool = False, skipped: SkippedItems | None = None
+    ) -> None:
         self.sample_rate = sample_rate
+        self.skip_bad = skip_bad
+        self.skipped = skipped if skipped is not None else SkippedItems()
 
     def __eq__(self, other: object) -> bool:
         # equal transforms let ``datasets.concatenate_datasets`` keep decoding the result
@@ -56,15 +80,28 @@ class DecodeTransform:
     def __hash__(self) -> int:
         return hash((DecodeTransform, self.sample_rate))
 
+    def _decode(self, entry: dict[str, Any]):
+        try:
+            return decode_audio(entry, self.sample_rate)[0]
+        except (ValueError, FileNotFoundError) as error:
+            hint = ("it decoded when the source was loaded with skip_bad=True, so the file changed since; "
+                    "reload the source") if self.skip_bad else SKIP_HINT
+            raise type(error)(f"{error} {hint}") from error
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if "audio" in batch:
             batch = dict(batch)
-            batch["audio"] = [decode_audio(entry, self.sample_rate)[0] for entry in batch["audio"]]
+            batch["audio"] = [self._decode(entry) for entry in batch["audio"]]
         return batch
 
 
 class StreamingDecoder:
-    """Batched ``map`` function for streaming: decode, measure, drop bad items if asked."""
+    """Batched ``map`` function for streaming: decode, measure, skip bad items if asked.
+
+    Skipped items go to ``skipped``; the first skip is logged when it happens, the whole
+    report at the end of the pass (by whoever knows where the pass ends: the batcher,
+    ``summarize_source``, ``SkippedItems.reporting``).
+    """
 
     def __init__(
         self, source: str, skip_bad: bool, skipped: SkippedItems | None = None, sample_rate: int = TARGET_SAMPLE_RATE
@@ -74,6 +111,15 @@ class StreamingDecoder:
         self.skipped = skipped if skipped is not None else SkippedItems()
         self.sample_rate = sample_rate
         self.conversions = ConversionLog(source)
+        self._warned = False
+
+    def _skip(self, location: str, reason: str) -> None:
+        self.skipped.add(location, reason)
+        if not self._warned:
+            self._warned = True
+            logger.warning("%s: skipping bad item %s: %s (skip_bad=True; every skipped item is reported in one "
+                           "summary at the end of the pass and listed by hfspeech.data.skipped_items(dataset))",
+                           self.source, location, reason)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         columns = list(batch)
@@ -82,14 +128,19 @@ class StreamingDecoder:
         output["sampling_rate"] = []
         for row in range(len(batch["audio"])):
             entry = batch["audio"][row]
+            location = (entry.get("path") if isinstance(entry, dict) else None) or str(batch["id"][row])
+            problem = _text_problem(batch, row)
+            if problem is not None:
+                if not self.skip_bad:
+                    raise ValueError(f"{self.source}: {location}: {problem} {SKIP_HINT}")
+                self._skip(location, problem)
+                continue
             try:
                 waveform, native = decode_audio(entry, self.sample_rate)
             except (ValueError, FileNotFoundError) as error:
                 if not self.skip_bad:
-                    raise
-                logger.warning("%s: skipping bad item %s", self.source, error)
-                location = entry.get("path") if isinstance(entry, dict) else None
-                self.skipped.add(location or str(batch["id"][row]), str(error))
+                    raise type(error)(f"{error} {SKIP_HINT}") from error
+                self._skip(location, _reason(error, location))
                 continue
             self.conversions.observe(native)
             for name in columns:
@@ -100,7 +151,11 @@ class StreamingDecoder:
 
 
 class HeaderProber:
-    """Batched ``map`` function for map-style datasets: read headers, fill ``duration``."""
+    """Batched ``map`` function for map-style datasets: read headers, fill ``duration``.
+
+    With ``skip_bad`` every file is also decoded once (``decode_audio``), so audio that has a
+    valid header but corrupt data is skipped and reported now instead of failing on access.
+    """
 
     def __init__(self, source: str, skip_bad: bool, skipped: SkippedItems, conversions: ConversionLog) -> None:
         self.source = source
@@ -114,12 +169,21 @@ class HeaderProber:
         output["duration"] = []
         output["sampling_rate"] = []
         for row, entry in enumerate(batch["audio"]):
+            location = entry.get("path") or str(batch["id"][row])
+            problem = _text_problem(batch, row)
+            if problem is not None:
+                if not self.skip_bad:
+                    raise ValueError(f"{self.source}: {location}: {problem} {SKIP_HINT}")
+                self.skipped.add(location, problem)
+                continue
             try:
                 info = probe_audio(entry)
+                if self.skip_bad:
+                    decode_audio(entry)
             except (ValueError, FileNotFoundError) as error:
                 if not self.skip_bad:
-                    raise
-                self.skipped.add(entry.get("path") or batch["id"][row], str(error))
+                    raise type(error)(f"{error} {SKIP_HINT}") from error
+                self.skipped.add(location, _reason(error, location))
                 continue
             self.conversions.observe(info)
             for name in columns:
@@ -143,9 +207,12 @@ def finalize(
         table: rows with ``audio`` = ``{"bytes", "path"}``, ``id``, ``speaker_id`` [, ``text``].
         source: name used in messages.
         streaming: return an ``IterableDataset`` that decodes lazily.
-        skip_bad: skip and report unreadable/empty audio instead of raising.
-        skipped: ledger that already holds items skipped while listing the source
-            (missing transcripts ...); reported at the end together with audio failures.
+        skip_bad: skip and report bad audio instead of raising. Map-style: every file is
+            decoded once while loading (finds corrupt data behind a valid header; costs one
+            decoding pass, so for very large corpora prefer ``streaming=True``, which skips
+            bad audio as it decodes).
+        skipped: report that already holds items skipped while listing the source
+            (missing transcripts ...); audio failures are added to it.
         num_shards: shards of the streaming dataset (for DataLoader workers / ranks).
     """
     skipped = skipped if skipped is not None else SkippedItems()
@@ -153,7 +220,7 @@ def finalize(
         skipped.report(source)
         raise ValueError(f"{source}: no utterances found; check the path, split and file extensions")
     if streaming:
-        skipped.report(source)
+        skipped.report(f"{source} (while listing; bad audio is reported at the end of each pass)")
         stream = table.to_iterable_dataset(num_shards=max(1, min(num_shards, len(table))))
         features = record_features("text" in table.column_names, probed=True).copy()
         features["audio"] = datasets.Sequence(Value("float32"))
@@ -161,12 +228,13 @@ def finalize(
             StreamingDecoder(source, skip_bad, skipped), batched=True, batch_size=8, features=features
         )
     conversions = ConversionLog(source)
+    action = "decoding every file once (skip_bad=True)" if skip_bad else "reading audio headers"
     probed = table.map(
         HeaderProber(source, skip_bad, skipped, conversions),
         batched=True,
         batch_size=64,
         features=record_features("text" in table.column_names, probed=True),
-        desc=f"reading audio headers of {source}",
+        desc=f"{action} of {source}",
         load_from_cache_file=False,
     )
     skipped.report(source)
@@ -174,7 +242,7 @@ def finalize(
         raise ValueError(f"{source}: every item was bad ({len(skipped)} skipped); nothing to load")
     logger.info("%s: %d utterances, %.2f h, formats %s", source, len(probed),
                 sum(probed["duration"]) / 3600, conversions.summary())
-    return probed.with_transform(DecodeTransform())
+    return probed.with_transform(DecodeTransform(skip_bad=skip_bad, skipped=skipped))
 
 
 def table_from_rows(rows: list[dict[str, Any]], labeled: bool) -> Dataset:

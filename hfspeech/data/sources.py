@@ -75,12 +75,19 @@ def load_source(
             Libri-light subset (``10min``, ``1h``, ``10h``); must be None for other kinds
             (the Hub spec carries its own split).
         streaming: return an ``IterableDataset`` decoding lazily (Hub: streams shards).
-        skip_bad: skip and report unreadable/empty files and transcript mismatches
-            instead of raising.
+        skip_bad: skip unreadable, corrupt or empty audio and transcript mismatches instead
+            of raising, and report every skipped item in one summary at the end. Map-style:
+            every file is decoded once while loading (so corrupt data behind a valid header is
+            found now, not at training time) and the summary is logged when loading ends.
+            Streaming: bad audio is skipped as it is decoded; the summary is logged at the end
+            of each pass by ``StreamingBucketBatcher`` / ``summarize_source``. Without
+            ``skip_bad``, the first bad item raises ``ValueError``/``FileNotFoundError``
+            naming the file (map-style audio: when it is read).
         **kwargs: passed to the kind's loader (``file_list=`` for LibriSpeech,
             ``data_files=`` for a local mirror of the Hub parquet shards, and for every kind
-            ``skipped=SkippedItems()`` to collect what ``skip_bad`` skipped; streaming fills
-            it while iterating in this process).
+            ``skipped=SkippedItems()`` to collect what ``skip_bad`` skipped; otherwise
+            :func:`hfspeech.data.skipped_items` finds the report the dataset fills; streaming
+            fills it while iterating, in the process that decodes).
 
     Returns:
         ``datasets.Dataset`` (map-style) or ``datasets.IterableDataset`` (streaming).

@@ -14,6 +14,9 @@ Epochs: ``set_epoch(e)`` reshuffles the stream (``IterableDataset.shuffle`` with
 ``shuffle_buffer``) and the batch order (seed + e). Resume: ``state_dict(consumed)`` and
 ``load_state_dict`` replay the epoch deterministically and skip the consumed batches
 (their audio is decoded again, but not yielded). Exact with ``num_workers=0``.
+
+Bad items: with a ``skip_bad=True`` source, every item skipped so far is logged in one
+summary when an epoch's iteration ends (``batcher.skipped`` holds the report).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 from .batching import pack_by_duration
+from .skipped import SkippedItems, skipped_items
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,10 @@ class StreamingBucketBatcher(torch.utils.data.IterableDataset):
         max_batch_size: optional cap on examples per batch.
         drop_too_long: drop (count and log) examples longer than ``max_seconds`` instead
             of raising.
+        skipped: the report of items a ``skip_bad=True`` source skips; default: the one
+            ``dataset`` fills (:func:`hfspeech.data.skipped_items`). It is logged in one summary
+            at the end of every epoch (of this process / DataLoader worker) and stays
+            queryable as ``batcher.skipped``.
     """
 
     def __init__(
@@ -59,11 +67,15 @@ class StreamingBucketBatcher(torch.utils.data.IterableDataset):
         rank: int = 0,
         max_batch_size: int | None = None,
         drop_too_long: bool = False,
+        skipped: SkippedItems | None = None,
     ) -> None:
         if max_seconds <= 0 or buffer_size < 1:
             raise ValueError(f"need max_seconds > 0 and buffer_size ≥ 1, got {max_seconds}, {buffer_size}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, num_replicas={num_replicas})")
+        if skipped is None:
+            skipped = skipped_items(dataset)
+        self.skipped = skipped if skipped is not None else SkippedItems()
         if shuffle_buffer and hasattr(dataset, "shuffle"):
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
         if num_replicas > 1:
@@ -117,6 +129,8 @@ class StreamingBucketBatcher(torch.utils.data.IterableDataset):
                 buffer = []
         if buffer:
             yield from self._flush(buffer, rng)
+        where = f" on rank {self.rank}" if self.num_replicas > 1 else ""
+        self.skipped.report(f"streaming epoch {self.epoch}{where}")
 
     def __iter__(self) -> Iterator[list[dict]]:
         start, self._start = self._start, 0
