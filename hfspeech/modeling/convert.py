@@ -114,9 +114,10 @@ def hfspeech_to_transformers_state_dict(
     return converted
 
 
-def config_from_transformers(source: dict[str, Any]) -> SpeechEncoderConfig:
+def config_from_transformers(source: dict[str, Any], **hfspeech_fields: Any) -> SpeechEncoderConfig:
     """Map a transformers Wav2Vec2Config/HubertConfig dict to a `SpeechEncoderConfig`.
 
+    ``hfspeech_fields`` set fields transformers has no name for (the fairseq import uses them).
     Raises ValueError for architecture options hfspeech does not implement.
     """
     # field -> the values hfspeech implements
@@ -134,7 +135,7 @@ def config_from_transformers(source: dict[str, Any]) -> SpeechEncoderConfig:
     fields = {name: source[name] for name in _SHARED_CONFIG_FIELDS if name in source}
     fields["layer_norm_first"] = bool(source.get("do_stable_layer_norm", False))
     fields["objective"] = "hubert" if source.get("model_type") == "hubert" else "wav2vec2"
-    return SpeechEncoderConfig(**fields)
+    return SpeechEncoderConfig(**{**fields, **hfspeech_fields})
 
 
 def config_to_transformers(config: SpeechEncoderConfig):
