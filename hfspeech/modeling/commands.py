@@ -31,16 +31,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     convert = subparsers.add_parser(
         "convert",
-        help="convert a transformers checkpoint to hfspeech (or back)",
+        help="convert a transformers or fairseq checkpoint to hfspeech (or back)",
         description=(
             "Convert a transformers Wav2Vec2Model/Wav2Vec2ForCTC/Wav2Vec2ForPreTraining/HubertModel/"
             "HubertForCTC directory (with its feature extractor and tokenizer) into an hfspeech "
-            "directory; with --to transformers, convert an hfspeech directory back."
+            "directory; with --to transformers, convert an hfspeech directory back. A fairseq .pt file "
+            "(wav2vec2, hubert, wav2vec_ctc, hubert_ctc) is read with a restricted unpickler that loads "
+            "tensors and configuration data only."
         ),
     )
-    convert.add_argument("source", type=Path, help="source model directory")
+    convert.add_argument("source", type=Path, help="source model directory, or a fairseq checkpoint (.pt)")
     convert.add_argument("output_dir", type=Path, help="directory to write")
     convert.add_argument("--to", choices=("hfspeech", "transformers"), default="hfspeech")
+    convert.add_argument("--vocab", type=Path, default=None,
+                         help="fairseq CTC checkpoints: the dict.ltr.txt the model was fine-tuned with, when the "
+                              "checkpoint does not hold its target dictionary")
+    convert.add_argument("--ignore-training-options", action="store_true",
+                         help="fairseq checkpoints: import even when they set masking options hfspeech does not "
+                              "implement (training only; hfspeech's masking is used)")
     convert.set_defaults(func=run_convert)
 
 
@@ -91,6 +99,19 @@ def run_init(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from .convert import convert_to_transformers, convert_transformers_checkpoint
 
+    if args.source.is_file():
+        from .fairseq_import import convert_fairseq_checkpoint
+
+        if args.to != "hfspeech":
+            raise ValueError(f"{args.source} is a file: only fairseq checkpoints (.pt) convert, and only to hfspeech.")
+        result = convert_fairseq_checkpoint(args.source, args.output_dir, vocab=args.vocab,
+                                            ignore_training_options=args.ignore_training_options)
+        for note in result.notes:
+            print(f"note: {note}")
+        print(f"wrote {args.output_dir} ({result.architecture} from fairseq {result.fairseq_model})")
+        return 0
+    if args.vocab is not None:
+        raise ValueError("--vocab applies to fairseq checkpoints (.pt files) only.")
     if args.to == "transformers":
         convert_to_transformers(args.source, args.output_dir)
     else:
