@@ -112,6 +112,7 @@ def test_ctc_import_reproduces_transformers_and_writes_the_tokenizer(tmp_path, f
     save_checkpoint(tmp_path / "ctc.pt", checkpoint, dictionaries=True)
 
     result = convert_fairseq_checkpoint(tmp_path / "ctc.pt", tmp_path / "out")
+    assert (family == "Hubert") == any("label_embs_concat" in note for note in result.notes)  # dropped, said so
     ours = SpeechEncoderForCTC.from_pretrained(tmp_path / "out").eval()
     assert (ours.config.hidden_dropout, ours.config.layerdrop, ours.config.mask_time_prob) == (0.0, 0.05, 0.5)
     assert (ours.config.mask_feature_prob, ours.config.mask_feature_length, ours.config.feature_grad_mult) == (

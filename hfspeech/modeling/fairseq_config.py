@@ -276,8 +276,8 @@ def transformers_style_fields(config: FairseqModelConfig) -> tuple[dict[str, Any
         label_rate = config.model.get("label_rate")
         if not isinstance(label_rate, (int, float)) or label_rate <= 0:
             label_rate = config.task.get("label_rate")
-        if config.is_ctc and not isinstance(label_rate, (int, float)):
-            label_rate = 50  # not used by a CTC model
+        if config.is_ctc and (not isinstance(label_rate, (int, float)) or float(label_rate) not in (50.0, 100.0)):
+            label_rate = 50  # the pretraining label rate does not matter to a CTC model
         if not isinstance(label_rate, (int, float)) or float(label_rate) not in (50.0, 100.0):
             raise ValueError(f"label_rate={label_rate!r}: hfspeech's HuBERT objective takes labels at 50 Hz (frame "
                              "rate) or 100 Hz (MFCC rate).")

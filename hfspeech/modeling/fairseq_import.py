@@ -165,18 +165,20 @@ def fairseq_to_hfspeech_state_dict(state: dict[str, torch.Tensor], config: Fairs
     unknown: list[str] = []
     fields: dict[str, Any] = {}
     label_embeddings = None
+    dropped: list[str] = []
     for key, value in state.items():
         if config.is_ctc and key.startswith(_CTC_HEAD):
             renamed["lm_head." + key[len(_CTC_HEAD):]] = value
             continue
         inner = key[len(prefix):] if key.startswith(prefix) else None
-        if inner == "label_embs_concat":
-            label_embeddings = value
-            continue
         backbone = _apply_rules(inner, _BACKBONE_RULES) if inner is not None else None
-        head = _apply_rules(inner, _HEAD_RULES[config.objective]) if inner is not None and not config.is_ctc else None
+        head = _apply_rules(inner, _HEAD_RULES[config.objective]) if inner is not None else None
         if backbone is not None:
             renamed[f"{base}.{backbone}"] = value
+        elif config.is_ctc and (head is not None or inner == "label_embs_concat"):
+            dropped.append(key)  # pretraining heads left in a fine-tuned checkpoint; CTC does not use them
+        elif inner == "label_embs_concat":
+            label_embeddings = value
         elif head is not None:
             renamed[head] = value
         else:
@@ -192,8 +194,8 @@ def fairseq_to_hfspeech_state_dict(state: dict[str, torch.Tensor], config: Fairs
         if "lm_head.weight" not in renamed:
             raise ValueError(f"a {config.name} checkpoint needs the CTC head {_CTC_HEAD}weight, which is missing.")
         fields["vocab_size"] = renamed["lm_head.weight"].shape[0]
-        if label_embeddings is not None:
-            notes.append("dropped label_embs_concat (left over from HuBERT pretraining, unused by CTC).")
+        if dropped:
+            notes.append(f"dropped pretraining parameters that CTC does not use: {dropped}.")
     elif config.objective == "hubert":
         if label_embeddings is None:
             raise ValueError("a hubert pretraining checkpoint needs label_embs_concat, which is missing.")
