@@ -229,21 +229,41 @@ class SpeechProcessorWithLM(SpeechProcessor):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "SpeechProcessorWithLM":
-        """Load the processor and its decoder spec (``decoder_config.json``) from a directory.
+        """Load the processor and its decoder spec (``decoder_config.json``) from a directory or a Hub repo id
+        (its processor files, decoder config and ``language_model/`` are downloaded with ``snapshot_download``).
 
         Raises:
             FileNotFoundError: the directory has no saved decoder (load ``SpeechProcessor`` instead).
         """
-        spec = load_model_decoder_spec(pretrained_model_name_or_path)
+        directory = _local_model_directory(pretrained_model_name_or_path, kwargs)
+        spec = load_model_decoder_spec(directory)
         if spec is None:
             raise FileNotFoundError(
                 f"{pretrained_model_name_or_path}/{DECODER_CONFIG_FILE} does not exist: this directory has no "
                 "saved decoder. Load it with SpeechProcessor/AutoProcessor, or add an LM with "
                 "hfspeech.processing.attach_language_model (or `hfspeech lm tune MODEL DATA --lm LM_DIR`)."
             )
-        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        processor = super().from_pretrained(str(directory), **kwargs)
         processor.decoder_spec = spec
         return processor
+
+
+# Files of a model repo that a SpeechProcessorWithLM needs (the weights are not downloaded).
+PROCESSOR_REPO_PATTERNS = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json", "vocab.json",
+                           "special_tokens_map.json", "added_tokens.json", DECODER_CONFIG_FILE, ALPHABET_FILE,
+                           f"{LANGUAGE_MODEL_DIRECTORY}/*")
+
+
+def _local_model_directory(name_or_path: str | os.PathLike, kwargs: dict[str, Any]) -> Path:
+    """``name_or_path`` itself when it is a directory, else the Hub snapshot of the processor + LM files."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(
+        str(name_or_path), allow_patterns=list(PROCESSOR_REPO_PATTERNS), revision=kwargs.get("revision"),
+        token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
+        local_files_only=bool(kwargs.get("local_files_only", False))))
 
 
 def attach_language_model(model_dir: str | Path, spec: DecoderSpec) -> SpeechProcessorWithLM:

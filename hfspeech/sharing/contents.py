@@ -5,9 +5,9 @@ A complete hfspeech model directory, as `hfspeech finetune`/`pretrain`, `lm tune
 
     config.json                     SpeechEncoderConfig (architectures: SpeechEncoderForCTC / ForPreTraining)
     model.safetensors               weights (or model.safetensors.index.json + its shards)
-    preprocessor_config.json        SpeechFeatureExtractor
+    processor_config.json           SpeechProcessor / SpeechProcessorWithLM, with the SpeechFeatureExtractor
+                                    settings nested (or a separate preprocessor_config.json)
     vocab.json, tokenizer_config.json, special_tokens_map.json   CharacterCTCTokenizer (CTC models)
-    processor_config.json           SpeechProcessor / SpeechProcessorWithLM
     decoder_config.json, alphabet.json, language_model/          the LM decoder (hfspeech.decoding.saving)
     kmeans/                         HuBERT k-means: kmeans.json + centroids.safetensors (or k{K}/ sub-dirs)
     evaluation/*.json               results of `hfspeech evaluate --save`
@@ -27,7 +27,8 @@ from typing import Any
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
+FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"  # transformers 5 nests it in processor_config.json
+PROCESSOR_FILE = "processor_config.json"
 TOKENIZER_FILES = ("vocab.json", "tokenizer_config.json")
 DECODER_CONFIG_FILE = "decoder_config.json"
 KMEANS_DIRECTORY = "kmeans"
@@ -176,8 +177,10 @@ def inspect_model_directory(directory: str | Path) -> ModelDirectory:
     architectures = config.get("architectures") or []
     is_ctc = any(name.endswith("ForCTC") for name in architectures) or "vocab.json" in files
     if is_ctc:
-        if FEATURE_EXTRACTOR_FILE not in files:
-            missing.append(f"{FEATURE_EXTRACTOR_FILE}: the feature extractor; save the processor with "
+        processor = (_read_json(directory / PROCESSOR_FILE, missing, "processor config") or {}
+                     if PROCESSOR_FILE in files else {})
+        if FEATURE_EXTRACTOR_FILE not in files and "feature_extractor" not in processor:
+            missing.append(f"{PROCESSOR_FILE} (or {FEATURE_EXTRACTOR_FILE}): the feature extractor; save the processor with "
                            "processor.save_pretrained(DIR)")
         missing += [f"{name}: the CTC tokenizer; save the processor with processor.save_pretrained(DIR)"
                     for name in TOKENIZER_FILES if name not in files]
