@@ -43,8 +43,9 @@ class ForbiddenGlobalError(ValueError):
     def __init__(self, qualified_name: str, source: str | None = None) -> None:
         self.qualified_name = qualified_name
         super().__init__(
-            (f"{source}: " if source else "") + f"refused to unpickle the global {qualified_name!r}: only tensors and plain configuration data "
-            "(argparse/omegaconf/fairseq objects, rebuilt as data) are loaded from fairseq checkpoints, because "
+            (f"{source}: " if source else "") + f"refused to unpickle the global {qualified_name!r}: only tensors "
+            "and plain configuration data (argparse/omegaconf/fairseq objects, rebuilt as data) are loaded from "
+            "fairseq checkpoints, because "
             "any other global may run code while unpickling. If you trust this file, load it with fairseq and "
             "save {'cfg': ..., 'model': model.state_dict()} with plain containers, then convert that."
         )
