@@ -3,18 +3,16 @@
 It serves what the real client (not a mock) needs to create a repo, upload with the legacy LFS
 protocol (``HF_HUB_DISABLE_XET=1``), commit, list and download:
 
-* ``GET  /api/agent-harnesses``                            the client's user-agent registry (empty)
-* ``POST /api/repos/create``                               create (409 if it exists)
-* ``POST /api/validate-yaml``                              README metadata check
-* ``GET  /api/models/{repo}[/revision/{rev}]``             model_info / repo_info (sha, siblings, cardData)
-* ``GET  /api/models/{repo}/tree/{rev}[/{path}]``          list_repo_tree (``recursive``)
-* ``POST /api/models/{repo}/preupload/{rev}``              regular or LFS upload mode per file
-* ``POST /{repo}.git/info/lfs/objects/batch``              LFS batch: signed upload URL + verify URL
-* ``PUT  /lfs-upload/{oid}?signature=...``                 the "S3" upload (no auth header; sha256 checked)
-* ``POST /{repo}.git/info/lfs/objects/verify``             LFS verify
-* ``POST /api/models/{repo}/commit/{rev}``                 NDJSON commit (inline base64, LFS pointers, deletions)
-* ``HEAD/GET /{repo}/resolve/{rev}/{path}``                download with ETag, X-Repo-Commit, Content-Length,
-                                                           X-Linked-Etag / X-Linked-Size for LFS files
+create (``POST /api/repos/create``, 409 with the url if it exists), README metadata check
+(``POST /api/validate-yaml``), ``model_info``/``repo_info`` (``GET /api/models/{repo}[/revision/{rev}]``:
+sha, siblings, cardData), ``list_repo_tree`` (``GET /api/models/{repo}/tree/{rev}[/{path}]``), preupload
+(``POST /api/models/{repo}/preupload/{rev}``: regular or LFS by .gitattributes pattern, size, binary
+sample), LFS batch (``POST /{repo}.git/info/lfs/objects/batch``: a signed upload URL ``PUT /lfs-upload/{oid}``
+that checks the sha256 and needs no auth, like S3, plus a verify URL), NDJSON commit
+(``POST /api/models/{repo}/commit/{rev}``: inline base64 files, LFS pointers to uploaded objects only,
+deletions, parentCommit), download (``HEAD/GET /{repo}/resolve/{rev}/{path}`` with ETag, X-Repo-Commit,
+Content-Length, X-Linked-Etag/X-Linked-Size for LFS files) and the client's user-agent registry
+(``GET /api/agent-harnesses``).
 
 Authorisation follows the Hub: writes need a ``Bearer`` token whose user owns the namespace and has
 the ``write`` role (401 without a valid token, 403 without the right), private repos are visible to
@@ -32,71 +30,16 @@ import hmac
 import json
 import re
 import threading
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+from hub_repos import Commit, HubState, Repo, StoredFile, git_blob_sha1, lfs_pointer
 
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.npz", "*.npy", "*.arrow", "*.zip", "*.model")
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in LFS_PATTERNS).encode()
 SIGNING_KEY = b"hub-server-test-key"
-
-
-def git_blob_sha1(content: bytes) -> str:
-    """Git's blob object id: sha1 of ``b"blob {size}\\0" + content``."""
-    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
-
-
-def lfs_pointer(oid: str, size: int) -> bytes:
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n".encode()
-
-
-@dataclass
-class StoredFile:
-    content: bytes
-    lfs_oid: str | None = None  # sha256 when stored with LFS
-
-    @property
-    def oid(self) -> str:
-        """The git blob id (of the pointer file for LFS files)."""
-        return git_blob_sha1(lfs_pointer(self.lfs_oid, len(self.content)) if self.lfs_oid else self.content)
-
-
-@dataclass
-class Commit:
-    sha: str
-    message: str
-    files: dict[str, StoredFile]
-
-
-@dataclass
-class Repo:
-    repo_id: str
-    private: bool
-    commits: list[Commit] = field(default_factory=list)
-
-    @property
-    def head(self) -> Commit:
-        return self.commits[-1]
-
-    def resolve(self, revision: str) -> Commit | None:
-        if revision == "main":
-            return self.head
-        return next((commit for commit in self.commits if commit.sha == revision), None)
-
-
-@dataclass
-class HubState:
-    """Everything the server holds; tests read it to check what was pushed."""
-
-    tokens: dict[str, tuple[str, str]]  # token -> (user, "read" | "write")
-    repos: dict[str, Repo] = field(default_factory=dict)
-    lfs_objects: dict[str, bytes] = field(default_factory=dict)
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    unhandled: list[tuple[str, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class HubError(Exception):
