@@ -1,14 +1,20 @@
-"""HuBERT iteration-1 targets on real speech: ours (batched MFCC, torch k-means, streaming
-assignment) vs the fairseq recipe (per-utterance MFCC dumped to memory, sklearn
-MiniBatchKMeans with learn_kmeans.py's settings, ApplyKmeans-style NumPy assignment).
+"""HuBERT iteration-1 targets on real speech: ours (batched MFCC computed once, torch k-means,
+labels from the feature cache) vs the fairseq recipe (examples/hubert/simple_kmeans:
+dump_mfcc_feature.py per utterance, learn_kmeans.py = sklearn MiniBatchKMeans with its
+settings on ``--percent`` of the utterances, dump_km_label.py's ApplyKmeans in NumPy).
 
-    .venv/bin/python benchmarks/targets.py --k 100 --threads 1 --out benchmarks/results/targets.md
+    pip download --no-deps torchaudio==2.11.1 -d /tmp/torchaudio_wheel
+    .venv/bin/python benchmarks/targets.py --k 100 --threads 1 --repeats 3 \
+        --torchaudio-wheel /tmp/torchaudio_wheel/torchaudio-2.11.1-py3-none-manylinux_2_28_x86_64.whl
 
-Each pipeline runs in its own subprocess so its peak RSS (ru_maxrss) is its own. Audio is
-decoded before the clock starts (identical for both). Both pipelines write k{K}.km files.
-Inertia of both is computed on the same full set of frames. torchaudio cannot be installed
-here, so the reference MFCC is hfspeech's Kaldi-compatible MFCC called per utterance, as
-fairseq's dump_mfcc_feature.py calls torchaudio.compliance.kaldi.mfcc per utterance.
+With ``--torchaudio-wheel`` the recipe's MFCC is torchaudio's own ``compliance.kaldi.mfcc``
+(see benchmarks/torchaudio_reference.py for why it is loaded from the wheel); without it,
+hfspeech's Kaldi-compatible MFCC called per utterance stands in. The recipe runs once per
+``--fairseq-percent`` (-1: all utterances, learn_kmeans.py's default; 0.1: the README's
+command). Each pipeline runs in its own subprocess so its peak RSS (ru_maxrss) is its own.
+Audio is decoded before the clock starts (identical for both); the recipe keeps its feature
+"dump" in memory instead of writing .npy files (which favours it). Both write k{K}.km files.
+Inertia of both is computed on the same full set of frames with the same code.
 """
 
 from __future__ import annotations
@@ -54,17 +60,19 @@ class Clock:
         self._wall, self._cpu = wall, cpu
 
 
-def run_fairseq(utterances, k: int, out: Path, seed: int) -> dict:
-    import torch
-
+def run_fairseq(utterances, k: int, out: Path, seed: int, percent: float, mfcc) -> dict:
     from hfspeech.targets.kmeans import fit_kmeans
-    from hfspeech.targets.mfcc import compute_mfcc
 
     clock = Clock()
-    dumped = [compute_mfcc(torch.from_numpy(w)).numpy() for _, w in utterances]  # dump_mfcc_feature.py
-    features = np.concatenate(dumped)
+    dumped = [mfcc(w).numpy() for _, w in utterances]  # dump_mfcc_feature.py, one utterance at a time
     clock.lap("mfcc")
-    model = fit_kmeans(features, k, backend="sklearn", seed=seed)  # learn_kmeans.py settings
+    np.random.seed(seed)  # learn_kmeans.py: load_feature_shard's --percent sampling of utterances
+    if percent < 0:
+        features = np.concatenate(dumped)
+    else:
+        chosen = np.random.choice(len(dumped), int(np.ceil(len(dumped) * percent)), replace=False)
+        features = np.concatenate([dumped[i] for i in chosen])
+    model = fit_kmeans(features, k, backend="sklearn", seed=seed)  # learn_kmeans.py settings (+ its inertia)
     clock.lap("fit")
     centroids = model.centroids.numpy().T  # ApplyKmeans in dump_km_label.py
     centroid_norms = (centroids**2).sum(0, keepdims=True)
@@ -73,24 +81,33 @@ def run_fairseq(utterances, k: int, out: Path, seed: int) -> dict:
             distance = (feature**2).sum(1, keepdims=True) - 2 * feature @ centroids + centroid_norms
             handle.write(" ".join(map(str, distance.argmin(1).tolist())) + "\n")
     clock.lap("assign")
-    return {**clock.times, "centroids": model.centroids}
+    return {**clock.times, "centroids": model.centroids, "fit_frames": int(features.shape[0])}
 
 
-def run_ours(utterances, k: int, out: Path, seed: int) -> dict:
-    from hfspeech.targets.assign import sample_fit_frames, write_label_files
-    from hfspeech.targets.kmeans import fit_kmeans
+def run_ours(utterances, k: int, out: Path, seed: int, fraction: float) -> dict:
+    from hfspeech.targets.fit_assign import fit_and_assign
     from hfspeech.targets.mfcc import MFCCFeatureExtractor
 
-    extractor = MFCCFeatureExtractor()
-    clock = Clock()
-    frames = sample_fit_frames(iter(utterances), extractor, fraction=1.0, seed=seed)
-    clock.lap("mfcc")
-    model = fit_kmeans(frames, k, backend="torch", seed=seed)
-    clock.lap("fit")
-    del frames
-    write_label_files(iter(utterances), extractor, [model], out)  # recomputes MFCC on the fly
-    clock.lap("assign")
-    return {**clock.times, "centroids": model.centroids}
+    stages: dict[str, float] = {}
+    models, _ = fit_and_assign(lambda: iter(utterances), MFCCFeatureExtractor(), [k], out, fraction=fraction,
+                               max_frames=None, seed=seed, stage_seconds=stages)
+    names = {"features": "mfcc", "fit": "fit", "labels": "assign"}  # features_s also holds sampling + caching
+    times = {key.replace(stage, names[stage], 1): value for key, value in stages.items() for stage in names
+             if key.startswith(stage + "_")}
+    return {**times, "centroids": models[0].centroids, "fit_frames": models[0].num_fit_frames}
+
+
+def reference_mfcc(args: argparse.Namespace):
+    """dump_mfcc_feature.py's per-utterance MFCC: torchaudio's if a wheel is given, else ours."""
+    if args.torchaudio_wheel is not None:
+        from torchaudio_reference import fairseq_mfcc, import_torchaudio_from_wheel
+
+        return fairseq_mfcc(import_torchaudio_from_wheel(args.torchaudio_wheel, Path(args.workdir) / "wheels"))
+    import torch
+
+    from hfspeech.targets.mfcc import compute_mfcc
+
+    return lambda waveform: compute_mfcc(torch.from_numpy(waveform))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -106,7 +123,10 @@ def child(args: argparse.Namespace) -> None:
     out = Path(args.workdir) / args.mode
     out.mkdir(parents=True, exist_ok=True)
     with threadpool_limits(args.threads):
-        result = (run_ours if args.mode == "ours" else run_fairseq)(utterances, args.k, out, args.seed)
+        if args.mode == "ours":
+            result = run_ours(utterances, args.k, out, args.seed, args.fraction)
+        else:
+            result = run_fairseq(utterances, args.k, out, args.seed, args.percent, reference_mfcc(args))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the (untimed) inertia evaluation
     from hfspeech.targets.kmeans import compute_inertia
     from hfspeech.targets.mfcc import compute_mfcc_batch
@@ -129,51 +149,64 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="first N files only (smoke runs)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per pipeline; the table shows medians")
+    parser.add_argument("--fairseq-percent", type=float, nargs="+", default=[-1.0, 0.1],
+                        help="learn_kmeans.py --percent values to run the recipe with (-1: all utterances)")
+    parser.add_argument("--fraction", type=float, default=0.1, help="ours: fraction of frames sampled for the fit")
+    parser.add_argument("--torchaudio-wheel", default=None, help="torchaudio wheel for the recipe's MFCC")
     parser.add_argument("--workdir", default="/tmp/hfspeech_targets_bench")
     parser.add_argument("--out", type=Path, default=None, help="write a markdown table here")
     parser.add_argument("--mode", choices=("ours", "fairseq"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--percent", type=float, default=-1.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode is not None:
         child(args)
         return
-    runs: dict[str, list[dict]] = {"fairseq": [], "ours": []}
-    for repeat in range(args.repeats):  # alternate the pipelines so load changes hit both
-        for mode in ("fairseq", "ours"):
+    pipelines = [(f"fairseq{percent:g}", "fairseq", percent) for percent in args.fairseq_percent] + [("ours", "ours", 0)]
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in pipelines}
+    for repeat in range(args.repeats):  # alternate the pipelines so load changes hit all
+        for name, mode, percent in pipelines:
             command = [sys.executable, __file__, "--mode", mode, "--k", str(args.k), "--threads", str(args.threads),
-                       "--seed", str(args.seed), "--workdir", args.workdir]
+                       "--seed", str(args.seed), "--workdir", args.workdir, "--percent", str(percent),
+                       "--fraction", str(args.fraction)]
             if args.limit is not None:
                 command += ["--limit", str(args.limit)]
+            if args.torchaudio_wheel is not None:
+                command += ["--torchaudio-wheel", args.torchaudio_wheel]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            runs[mode].append(json.loads(output.strip().splitlines()[-1]))
-            print(repeat, mode, runs[mode][-1], flush=True)
+            runs[name].append(json.loads(output.strip().splitlines()[-1]))
+            print(repeat, name, runs[name][-1], flush=True)
     # median over repeats of every number (the inertia is identical across repeats: seeded)
-    results = {mode: {key: float(np.median([r[key] for r in rs])) for key in rs[0]} for mode, rs in runs.items()}
-    ours, ref = results["ours"], results["fairseq"]
+    results = {name: {key: float(np.median([r[key] for r in rs])) for key in rs[0]} for name, rs in runs.items()}
+    ours = results["ours"]
+    mfcc_name = "torchaudio.compliance.kaldi.mfcc" if args.torchaudio_wheel else "hfspeech compute_mfcc (stand-in)"
     lines = [
-        f"Medians of {args.repeats} runs per pipeline. K={args.k}, {ours['utterances']:.0f} utterances, {ours['hours']:.2f} h, {ours['frames']:.0f} MFCC frames; "
-        f"{args.threads} thread(s) each; {platform.processor() or platform.machine()}",
+        f"Medians of {args.repeats} runs per pipeline. K={args.k}, {ours['utterances']:.0f} utterances, "
+        f"{ours['hours']:.2f} h, {ours['frames']:.0f} MFCC frames; {args.threads} thread(s) each; "
+        f"{platform.processor() or platform.machine()}. Recipe MFCC: {mfcc_name}, per utterance.",
         "",
-        "| pipeline | MFCC s | fit s | assign s | total s | peak RSS MiB (audio alone) | inertia / frame |",
-        "|---|---|---|---|---|---|---|",
+        "| pipeline | fit frames | MFCC s | fit s | assign s | total s | peak RSS MiB (audio alone) | inertia / frame |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in (("fairseq recipe (sklearn MiniBatchKMeans)", ref), ("hfspeech (torch k-means, streaming)", ours)):
+    labels = {name: f"fairseq recipe, --percent {percent:g}" for name, _, percent in pipelines if name != "ours"}
+    labels["ours"] = f"hfspeech fit_and_assign (torch k-means, {args.fraction:g} of frames)"
+    for name, r in results.items():
         cells = " | ".join(f"{r[f'{step}_cpu_s']:.2f} ({r[f'{step}_s']:.1f})" for step in ("mfcc", "fit", "assign", "total"))
-        lines.append(f"| {name} | {cells} | {r['peak_rss_mib']:.0f} ({r['audio_loaded_rss_mib']:.0f}) | "
-                     f"{r['inertia'] / r['frames']:.2f} |")
-    lines += [
-        "",
-        "Times: CPU seconds of the process (wall seconds in parentheses; the machine is shared, so wall",
-        "times include waiting for the CPU).",
-        "",
-        f"Speed-up, CPU time: total {ref['total_cpu_s'] / ours['total_cpu_s']:.1f}x, fit "
-        f"{ref['fit_cpu_s'] / ours['fit_cpu_s']:.1f}x; wall time: total {ref['total_s'] / ours['total_s']:.1f}x, "
-        f"fit {ref['fit_s'] / ours['fit_s']:.1f}x. Inertia ours / fairseq: {ours['inertia'] / ref['inertia']:.4f}.",
-    ]
+        lines.append(f"| {labels[name]} | {r['fit_frames']:.0f} | {cells} | {r['peak_rss_mib']:.0f} "
+                     f"({r['audio_loaded_rss_mib']:.0f}) | {r['inertia'] / r['frames']:.2f} |")
+    lines += ["", "Times: CPU seconds of the process (wall seconds in parentheses; the machine is shared, so wall",
+              "times include waiting for the CPU). Ours' MFCC column also holds frame sampling and caching.", ""]
+    for name, ref in results.items():
+        if name != "ours":
+            lines.append(
+                f"- vs {labels[name]}: CPU time total {ref['total_cpu_s'] / ours['total_cpu_s']:.1f}x "
+                f"(MFCC {ref['mfcc_cpu_s'] / ours['mfcc_cpu_s']:.1f}x, fit {ref['fit_cpu_s'] / ours['fit_cpu_s']:.1f}x, "
+                f"assign {ref['assign_cpu_s'] / ours['assign_cpu_s']:.1f}x); wall time total "
+                f"{ref['total_s'] / ours['total_s']:.1f}x; inertia ours / recipe {ours['inertia'] / ref['inertia']:.4f}.")
     table = "\n".join(lines)
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        command = f".venv/bin/python benchmarks/targets.py --k {args.k} --threads {args.threads} --repeats {args.repeats}"
+        command = " ".join(sys.argv)
         args.out.write_text(f"# HuBERT targets benchmark\n\nCommand: `{command}`\n\n{table}\n")
 
 

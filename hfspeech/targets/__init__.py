@@ -2,7 +2,8 @@
 
 The data path: `compute_mfcc_batch` (iteration 1, 100 Hz) or `LayerFeatureReader` (later
 iterations, 50 Hz) -> `FrameSampler` + `fit_kmeans` (torch or sklearn backend) ->
-`write_label_files` / `add_label_columns` (streaming, ``.km`` files + ``labels.json``) ->
+`write_label_files` / `add_label_columns` (streaming, ``.km`` files + ``labels.json``), or
+`fit_and_assign` for both with features computed once (cached under a memory bound) ->
 `measure_quality` (PNMI, phone/cluster purity against phone alignments).
 """
 
@@ -17,7 +18,9 @@ from .assign import (
     read_label_directory,
     sample_fit_frames,
     write_label_files,
+    write_label_groups,
 )
+from .fit_assign import FeatureCache, fit_and_assign
 from .iterations import assign_label_sets, check_label_rate, fit_label_sets, run_iterations, verify_labels
 from .kmeans import FrameSampler, KMeansModel, compute_inertia, fit_kmeans, load_kmeans_models
 from .layer_features import LayerFeatureReader, load_feature_model, num_conv_frames
@@ -33,11 +36,11 @@ from .quality import (
 )
 
 __all__ = [
-    "FrameSampler", "KMeansModel", "LabelMetadata", "LayerFeatureReader", "MFCCConfig", "MFCCFeatureExtractor",
+    "FeatureCache", "FrameSampler", "KMeansModel", "LabelMetadata", "LayerFeatureReader", "MFCCConfig", "MFCCFeatureExtractor",
     "QualityReport", "add_label_columns", "assign_label_sets", "check_label_length", "check_label_rate",
-    "compute_deltas", "compute_inertia", "compute_mfcc", "compute_mfcc_batch", "fit_kmeans", "fit_label_sets",
+    "compute_deltas", "compute_inertia", "compute_mfcc", "compute_mfcc_batch", "fit_and_assign", "fit_kmeans", "fit_label_sets",
     "iter_labels", "iter_source_utterances", "load_feature_model", "load_kmeans_models", "make_feature_extractor",
     "measure_quality", "num_conv_frames", "num_mfcc_frames", "plot_co_occurrence", "quality_from_counts",
     "read_frame_tsv", "read_km_file", "read_label_directory", "read_phn_directory", "read_phn_file",
-    "run_iterations", "sample_fit_frames", "verify_labels", "write_label_files",
+    "run_iterations", "sample_fit_frames", "verify_labels", "write_label_files", "write_label_groups",
 ]

@@ -70,7 +70,7 @@ def iter_feature_groups(
     extractor: FeatureExtractor,
     batch_seconds: float = 200.0,
     progress: bool = True,
-) -> Iterator[tuple[list[str], list[int], list[torch.Tensor]]]:
+) -> Iterator["FeatureGroup"]:
     """Yield ``(utterance_ids, num_samples, features [(T_i, D)])`` per group of at most
     ``batch_seconds`` of audio (one utterance longer than that forms its own group)."""
     names: list[str] = []
@@ -161,15 +161,16 @@ def _check_models(models: list[KMeansModel], extractor: FeatureExtractor) -> Non
         raise ValueError(f"two k-means models share a K ({[m.num_clusters for m in models]}); label files are named by K")
 
 
-def iter_labels(
-    utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
-    models: list[KMeansModel],
-    batch_seconds: float = 200.0,
+FeatureGroup = tuple[list[str], list[int], list[torch.Tensor]]
+"""``(utterance_ids, num_samples, features [(T_i, D)])`` of one group, as `iter_feature_groups` yields."""
+
+
+def label_feature_groups(
+    groups: Iterable[FeatureGroup], extractor: FeatureExtractor, models: list[KMeansModel]
 ) -> Iterator[tuple[str, int, list[np.ndarray]]]:
-    """Yield ``(utterance_id, num_samples, [labels (T,) int64 per model])`` on the fly."""
+    """Yield ``(utterance_id, num_samples, [labels (T,) int64 per model])`` for computed feature groups."""
     _check_models(models, extractor)
-    for names, lengths, features in iter_feature_groups(utterances, extractor, batch_seconds):
+    for names, lengths, features in groups:
         counts = [f.shape[0] for f in features]
         for name, num_samples, count in zip(names, lengths, counts):
             expected = extractor.num_frames(num_samples)
@@ -183,6 +184,17 @@ def iter_labels(
             yield name, num_samples, [labels[index] for labels in label_sets]
 
 
+def iter_labels(
+    utterances: Iterable[tuple[str, np.ndarray]],
+    extractor: FeatureExtractor,
+    models: list[KMeansModel],
+    batch_seconds: float = 200.0,
+) -> Iterator[tuple[str, int, list[np.ndarray]]]:
+    """Yield ``(utterance_id, num_samples, [labels (T,) int64 per model])`` on the fly."""
+    _check_models(models, extractor)
+    yield from label_feature_groups(iter_feature_groups(utterances, extractor, batch_seconds), extractor, models)
+
+
 def write_label_files(
     utterances: Iterable[tuple[str, np.ndarray]],
     extractor: FeatureExtractor,
@@ -193,13 +205,28 @@ def write_label_files(
     batch_seconds: float = 200.0,
 ) -> LabelMetadata:
     """Assign labels streaming and write ``k{K}.km`` files, ``ids.txt`` and ``labels.json``."""
+    _check_models(models, extractor)
+    groups = iter_feature_groups(utterances, extractor, batch_seconds)
+    return write_label_groups(groups, extractor, models, output_dir, kmeans_paths, data)
+
+
+def write_label_groups(
+    groups: Iterable[FeatureGroup],
+    extractor: FeatureExtractor,
+    models: list[KMeansModel],
+    output_dir: str | Path,
+    kmeans_paths: list[str] | None = None,
+    data: str = "",
+) -> LabelMetadata:
+    """Write ``k{K}.km``, ``ids.txt`` and ``labels.json`` from already computed feature groups."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    _check_models(models, extractor)
     handles = [open(output_dir / km_file_name(model.num_clusters), "w") for model in models]
     count = frames = 0
     try:
         with open(output_dir / IDS_FILE, "w") as ids_file:
-            for name, _, labels in iter_labels(utterances, extractor, models, batch_seconds):
+            for name, _, labels in label_feature_groups(groups, extractor, models):
                 if any(c.isspace() for c in name):
                     raise ValueError(f"utterance id {name!r} contains whitespace; ids.txt needs one id per line")
                 ids_file.write(name + "\n")

@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     iterate.add_argument("--backend", choices=("torch", "sklearn"), default="torch")
     iterate.add_argument("--fraction", type=float, default=1.0)
     iterate.add_argument("--max-frames", type=int, default=1_000_000, help="cap on frames sampled for k-means")
+    iterate.add_argument("--cache-mib", type=float, default=1024.0,
+                         help="keep computed features up to this many MiB so they are not recomputed for labelling")
     iterate.add_argument("--seed", type=int, default=0)
     iterate.add_argument("--device", default=None)
     iterate.add_argument("--split", default=None, help="LibriSpeech split / Libri-light subset of DATA")
@@ -129,7 +131,8 @@ def run_iterate(args: argparse.Namespace) -> int:
 
     results = run_iterations(args.data, args.output_dir, pretrained_model=args.model, layer=args.layer,
                              k_first=args.k1, k_second=args.k2, backend=args.backend, fraction=args.fraction,
-                             max_frames=args.max_frames, seed=args.seed, device=args.device, split=args.split)
+                             max_frames=args.max_frames, seed=args.seed, device=args.device, split=args.split,
+                             cache_mib=args.cache_mib)
     for name, metadata in results.items():
         print(f"{name}: {metadata.feature} K={metadata.num_clusters} at {metadata.label_rate:g} Hz, "
               f"{metadata.num_utterances} utterances -> {args.output_dir / name / 'labels'}")

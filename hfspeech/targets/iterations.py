@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .assign import LabelMetadata, iter_source_utterances, make_feature_extractor, sample_fit_frames, write_label_files
+from .fit_assign import fit_and_assign
 from .kmeans import KMeansModel, fit_kmeans, load_kmeans_models
 
 logger = logging.getLogger(__name__)
@@ -103,9 +104,14 @@ def run_iterations(
     seed: int = 0,
     device: torch.device | str | None = None,
     split: str | None = None,
+    cache_mib: float = 1024.0,
 ) -> dict[str, LabelMetadata]:
     """Iteration 1 (MFCC, K=``k_first``), then iteration 2 (``pretrained_model`` layer ``layer``,
-    K=``k_second``) when a model is given. Returns the label metadata of each iteration."""
+    K=``k_second``) when a model is given. Returns the label metadata of each iteration.
+
+    Each iteration runs `fit_and_assign`: features are computed once while they fit in
+    ``cache_mib`` MiB, and only the overflow is recomputed for labelling.
+    """
     output_dir = Path(output_dir)
     plan = [("iter1", "mfcc", k_first)]
     if pretrained_model is not None:
@@ -113,9 +119,11 @@ def run_iterations(
     results = {}
     for name, feature, k in plan:
         logger.info("%s: %s features, K=%d", name, feature, k)
-        fit_label_sets(data, feature, [k], output_dir / name / "kmeans", backend=backend, fraction=fraction,
-                       max_frames=max_frames, seed=seed, device=device, split=split)
-        results[name] = assign_label_sets(output_dir / name / "kmeans", data, output_dir / name / "labels", device, split)
+        _, results[name] = fit_and_assign(
+            _stream(data, split), make_feature_extractor(feature, device), [k], output_dir / name / "labels",
+            kmeans_dir=output_dir / name / "kmeans", backend=backend, fraction=fraction, max_frames=max_frames,
+            seed=seed, cache_mib=cache_mib, data_spec=data if isinstance(data, str) else "",
+        )
     return results
 
 

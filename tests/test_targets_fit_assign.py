@@ -1,0 +1,76 @@
+"""`fit_and_assign`: one feature pass when the features fit in the cache, the tail recomputed
+when they do not, and labels identical to fitting then assigning separately."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hfspeech.targets.assign import read_label_directory, write_label_files
+from hfspeech.targets.fit_assign import FeatureCache, fit_and_assign
+from hfspeech.targets.kmeans import KMeansModel
+from hfspeech.targets.mfcc import MFCCFeatureExtractor
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class CountingExtractor(MFCCFeatureExtractor):
+    """MFCC extractor that counts the utterances whose features it computes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.computed = 0
+
+    def batch(self, waveforms, utterance_ids):
+        self.computed += len(waveforms)
+        return super().batch(waveforms, utterance_ids)
+
+
+def _utterances(count: int = 12) -> list[tuple[str, np.ndarray]]:
+    generator = np.random.default_rng(0)
+    return [(f"utt{i:02d}", (0.1 * generator.standard_normal(4000 + 800 * i)).astype(np.float32)) for i in range(count)]
+
+
+@pytest.mark.parametrize("cache_mib", [64.0, 0.0, 0.05])
+def test_labels_equal_separate_fit_then_assign_and_features_are_computed_once_if_cached(tmp_path, cache_mib) -> None:
+    utterances = _utterances()
+    extractor = CountingExtractor()
+    models, metadata = fit_and_assign(lambda: iter(utterances), extractor, [5, 8], tmp_path / "labels",
+                                      kmeans_dir=tmp_path / "kmeans", fraction=0.5, seed=0, cache_mib=cache_mib,
+                                      batch_seconds=1.0)
+    total_frames = sum(1 + (len(w) - 400) // 160 for _, w in utterances)
+    assert metadata.num_utterances == len(utterances) and metadata.num_frames == total_frames
+    if cache_mib == 64.0:  # everything cached: one feature pass
+        assert extractor.computed == len(utterances)
+    elif cache_mib == 0.0:  # nothing cached: every utterance computed twice
+        assert extractor.computed == 2 * len(utterances)
+    else:  # a prefix cached (51 KiB of the ~98 KiB of features): between one and two passes
+        assert len(utterances) < extractor.computed < 2 * len(utterances)
+    # same models, assigned the old way (features recomputed), give the same files
+    reloaded = [KMeansModel.load(tmp_path / "kmeans" / f"k{k}") for k in (5, 8)]
+    for model, saved in zip(models, reloaded):
+        torch.testing.assert_close(model.centroids, saved.centroids)
+    write_label_files(iter(utterances), MFCCFeatureExtractor(), reloaded, tmp_path / "separate")
+    _, ids, labels = read_label_directory(tmp_path / "labels")
+    _, separate_ids, separate = read_label_directory(tmp_path / "separate")
+    assert ids == separate_ids == [name for name, _ in utterances]
+    for k in (5, 8):
+        assert all(np.array_equal(a, b) for a, b in zip(labels[k], separate[k]))
+
+
+def test_cache_keeps_a_prefix_and_stops_at_the_first_group_that_does_not_fit() -> None:
+    small = (["a"], [800], [torch.zeros(3, 39)])
+    large = (["b"], [8000], [torch.zeros(100, 39)])
+    cache = FeatureCache(limit_bytes=4 * 39 * 10)
+    cache.offer(small)
+    cache.offer(large)
+    cache.offer(small)  # would fit, but caching stopped: the cache stays a prefix of the stream
+    assert cache.num_utterances == 1 and not cache.complete and cache.num_bytes == 4 * 39 * 3
+
+
+def test_bad_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="at least one K"):
+        fit_and_assign(lambda: iter(_utterances(2)), MFCCFeatureExtractor(), [], "unused")
+    with pytest.raises(ValueError, match="cache_mib"):
+        fit_and_assign(lambda: iter(_utterances(2)), MFCCFeatureExtractor(), [2], "unused", cache_mib=-1)
