@@ -74,3 +74,18 @@ def test_bad_arguments_raise() -> None:
         fit_and_assign(lambda: iter(_utterances(2)), MFCCFeatureExtractor(), [], "unused")
     with pytest.raises(ValueError, match="cache_mib"):
         fit_and_assign(lambda: iter(_utterances(2)), MFCCFeatureExtractor(), [2], "unused", cache_mib=-1)
+
+
+def test_concatenate_frames_shares_memory_only_for_consecutive_splits() -> None:
+    from hfspeech.targets.assign import concatenate_frames
+
+    whole = torch.arange(60.0).reshape(20, 3)
+    parts = list(whole.split([4, 7, 9]))
+    joined = concatenate_frames(parts)
+    assert torch.equal(joined, whole) and joined.data_ptr() == whole.data_ptr()
+    tail = concatenate_frames(parts[1:])  # a split that does not start at row 0
+    assert torch.equal(tail, whole[4:]) and tail.data_ptr() == whole[4:].data_ptr()
+    shuffled = [parts[2], parts[0]]  # same storage, not consecutive: copied
+    assert torch.equal(concatenate_frames(shuffled), torch.cat(shuffled))
+    separate = [torch.ones(2, 3), torch.zeros(3, 3)]
+    assert torch.equal(concatenate_frames(separate), torch.cat(separate))

@@ -114,7 +114,7 @@ def sample_fit_frames(
     """Stream the data once and keep a uniform random sample of frames: (N, D) float32."""
     sampler = FrameSampler(fraction=fraction, max_frames=max_frames, seed=seed)
     for _, _, features in iter_feature_groups(utterances, extractor, batch_seconds):
-        sampler.add(torch.cat(features))
+        sampler.add(concatenate_frames(features))
     sample = sampler.sample()
     logger.info("sampled %d of %d frames for k-means", sample.shape[0], sampler.frames_seen)
     return sample
@@ -165,6 +165,21 @@ FeatureGroup = tuple[list[str], list[int], list[torch.Tensor]]
 """``(utterance_ids, num_samples, features [(T_i, D)])`` of one group, as `iter_feature_groups` yields."""
 
 
+def concatenate_frames(features: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(features)``, without the copy when the tensors are consecutive row blocks of
+    one storage (what `compute_mfcc_batch` returns: a split of one (sum T_i, D) tensor)."""
+    first = features[0]
+    storage = first.untyped_storage().data_ptr()
+    consecutive = all(f.is_contiguous() and f.dim() == 2 and f.untyped_storage().data_ptr() == storage for f in features)
+    consecutive = consecutive and all(
+        b.storage_offset() == a.storage_offset() + a.numel() and b.shape[1:] == a.shape[1:] and b.dtype == a.dtype
+        for a, b in zip(features, features[1:]))
+    if not consecutive:
+        return torch.cat(features)
+    rows = sum(f.shape[0] for f in features)
+    return first.as_strided((rows, first.shape[1]), first.stride(), first.storage_offset())
+
+
 def label_feature_groups(
     groups: Iterable[FeatureGroup], extractor: FeatureExtractor, models: list[KMeansModel]
 ) -> Iterator[tuple[str, int, list[np.ndarray]]]:
@@ -177,7 +192,7 @@ def label_feature_groups(
             if count != expected:
                 raise ValueError(f"utterance {name}: {count} feature frames for {num_samples} samples, "
                                  f"expected {expected} at {extractor.frame_rate} Hz")
-        frames = torch.cat(features)  # one assignment per group, split per utterance afterwards
+        frames = concatenate_frames(features)  # one assignment per group, split per utterance afterwards
         label_sets = [np.split(model.predict(frames, names[0] if len(names) == 1 else f"group starting at {names[0]}")
                                .cpu().numpy(), np.cumsum(counts)[:-1]) for model in models]
         for index, (name, num_samples) in enumerate(zip(names, lengths)):

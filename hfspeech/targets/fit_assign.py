@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .assign import FeatureExtractor, FeatureGroup, LabelMetadata, iter_feature_groups, write_label_groups
+from .assign import (
+    FeatureExtractor,
+    FeatureGroup,
+    LabelMetadata,
+    concatenate_frames,
+    iter_feature_groups,
+    write_label_groups,
+)
 from .kmeans import FrameSampler, KMeansModel, fit_kmeans
 
 logger = logging.getLogger(__name__)
@@ -108,7 +115,7 @@ def fit_and_assign(
     sampler = FrameSampler(fraction=fraction, max_frames=max_frames, seed=seed)
     cache = FeatureCache(limit_bytes=int(cache_mib * BYTES_PER_MIB))
     for group in iter_feature_groups(data(), extractor, batch_seconds):
-        sampler.add(torch.cat(group[2]))
+        sampler.add(concatenate_frames(group[2]))
         cache.offer(group)
     sample = sampler.sample()
     clock.lap("features")

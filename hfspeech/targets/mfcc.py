@@ -140,16 +140,14 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     ``y[i] = e[t+i] - (1 - a) m`` for i >= 1, where ``e = s[j] - a s[j-1]`` is the
     pre-emphasised *signal* (computed once per sample of the chunk's stretch of signal, not
     once per overlapping frame), and ``y[0] = (1 - a) (s[t] - m)``. Frames are strided views
-    of ``e``; each chunk is copied
-    once into a zero-padded FFT buffer, windowed, transformed (rfft), and reduced with two
-    matmuls: interleaved (re², im²) @ mel filterbank, then log-mel @ (DCT x lifter).
+    of ``e``; each chunk is copied once into a zero-padded FFT buffer, windowed, transformed
+    (rfft), and reduced with two matmuls: mel filterbank @ (re² + im²), then log-mel @ (DCT x lifter).
     Chunks of ``chunk_frames`` keep the buffers in the CPU cache (a 1,024 x 512 float buffer
     is 2 MB; on this CPU the FFT costs ~4x more per frame on 16,384-frame chunks).
     """
     window, banks, dct, lifter = (c.to(device=signal.device, dtype=torch.float32) for c in _constants(config))
-    # |X|² @ banks == (re², im² interleaved) @ (each filterbank row repeated twice); kept as
-    # (M, 2 (F/2+1)) so the product is banks @ power.T, which MKL runs 2x faster than power @ banks.
-    banks_interleaved = banks.repeat_interleave(2, dim=0).T.contiguous()
+    # kept as (M, F/2+1) so the product is banks @ power.T, which MKL runs 2x faster than power @ banks
+    banks = banks.T.contiguous()
     dct_lifted = dct * lifter
     size, shift, alpha = config.window_size, config.window_shift, config.preemphasis
     num_hops = frame_means.shape[0]
@@ -168,8 +166,9 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
         torch.sub(emphasized[: len(segment)].unfold(0, size, shift), offsets[start:stop, None], out=samples)
         samples[:, 0] = (first_samples[start:stop] - frame_means[start:stop]) * (1.0 - alpha)
         samples *= window
-        power = torch.view_as_real(torch.fft.rfft(frames)).flatten(1).square_()
-        log_mel = (banks_interleaved @ power.T).clamp_min_(floor).log_()  # (M, chunk)
+        squares = torch.view_as_real(torch.fft.rfft(frames)).square_()  # (chunk, F/2+1, 2)
+        power = torch.add(squares[..., 0], squares[..., 1])
+        log_mel = (banks @ power.T).clamp_min_(floor).log_()  # (M, chunk)
         torch.mm(log_mel.T, dct_lifted, out=cepstra[start:stop])
     return cepstra
 
