@@ -206,7 +206,7 @@ def main() -> None:
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        command = " ".join(sys.argv)
+        command = " ".join([".venv/bin/python", *sys.argv])
         args.out.write_text(f"# HuBERT targets benchmark\n\nCommand: `{command}`\n\n{table}\n")
 
 
