@@ -106,6 +106,21 @@ def test_tiny_hubert_recipe_runs_from_labels_to_a_model(tmp_path):
     assert cli_main(["pretrain", str(recipe), f"output_dir={tmp_path}/pt", f"labels={tmp_path}/labels",
                      f"train_data={AN4}", "max_steps=3"]) == 0
     assert (tmp_path / "pt" / "final" / "model.safetensors").exists()
+    # clips shorter than min_sample_seconds are dropped (3 of the 7 fixtures) and the labels still
+    # attach to the survivors, whose audio stays encoded in the table and decodes on access
+    assert cli_main(["pretrain", str(recipe), f"output_dir={tmp_path}/dropped", f"labels={tmp_path}/labels",
+                     f"train_data={AN4}", "max_steps=2", "min_sample_seconds=1.45"]) == 0
+    from hfspeech.configuration import SpeechEncoderConfig
+    from hfspeech.training.arguments import PretrainingArguments
+    from hfspeech.training.pretrain_data import build_pretraining_batches
+
+    config = SpeechEncoderConfig.from_preset("tiny", objective="hubert", label_rate=100)
+    arguments = PretrainingArguments(output_dir=str(tmp_path / "unused"), train_data=AN4, labels=str(tmp_path / "labels"),
+                                     min_sample_seconds=1.45, max_sample_seconds=4.0, max_batch_seconds=20.0)
+    batches, summary = build_pretraining_batches(arguments, config)
+    assert summary["utterances"] == 4 and summary["dropped_short"] == 3
+    batch = next(batches(0))
+    assert batch["input_values"].dtype == torch.float32 and batch["input_values"].shape[0] >= 1
     # labels at the wrong rate for the model are refused before training
     assert cli_main(["pretrain", str(recipe), f"output_dir={tmp_path}/bad", f"labels={tmp_path}/labels",
                      f"train_data={AN4}", "max_steps=1", "model_overrides={hubert_num_clusters: [100], label_rate: 50}"]) == 2

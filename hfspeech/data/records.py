@@ -245,6 +245,19 @@ def finalize(
     return probed.with_transform(DecodeTransform(skip_bad=skip_bad, skipped=skipped))
 
 
+def add_column_keeping_audio_encoded(dataset: Dataset, name: str, values: list) -> Dataset:
+    """``dataset.add_column(name, values)`` for a source from :func:`finalize` (audio decoded on access).
+
+    ``add_column`` on a ``select``-ed dataset flattens its indices *through the format
+    transform*, which would write decoded float32 audio into the Arrow table (the corpus-sized
+    cache this package avoids) and then fail to decode it again on access. The column is added
+    to the unformatted dataset and the decoding transform re-attached.
+    """
+    transform = (dataset.format.get("format_kwargs") or {}).get("transform")
+    plain = dataset.with_format(None).add_column(name, values)
+    return plain.with_transform(transform) if transform is not None else plain
+
+
 def table_from_rows(rows: list[dict[str, Any]], labeled: bool) -> Dataset:
     """Build the record table; ``rows`` hold ``path`` or ``bytes``, ``id``, ``speaker_id`` [, ``text``]."""
     columns: dict[str, list] = {

@@ -23,6 +23,7 @@ def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
     Refuses labels whose rate or cluster counts disagree with the model's config, and
     utterances that have no labels (named in the error).
     """
+    from ..data.records import add_column_keeping_audio_encoded
     from ..targets.assign import read_label_directory
 
     metadata, ids, label_sets = read_label_directory(labels_dir)
@@ -43,7 +44,7 @@ def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
                          "assign labels for this exact data source.")
     column = [[label_sets[k][position[utterance_id]].tolist() for k in metadata.num_clusters]
               for utterance_id in dataset["id"]]
-    return dataset.add_column("labels", column), metadata.label_rate
+    return add_column_keeping_audio_encoded(dataset, "labels", column), metadata.label_rate
 
 
 def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderConfig, num_processes: int = 1,
