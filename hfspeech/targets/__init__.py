@@ -36,9 +36,10 @@ from .quality import (
 )
 
 __all__ = [
-    "FeatureCache", "FrameSampler", "KMeansModel", "LabelMetadata", "LayerFeatureReader", "MFCCConfig", "MFCCFeatureExtractor",
-    "QualityReport", "add_label_columns", "assign_label_sets", "check_label_length", "check_label_rate",
-    "compute_deltas", "compute_inertia", "compute_mfcc", "compute_mfcc_batch", "fit_and_assign", "fit_kmeans", "fit_label_sets",
+    "FeatureCache", "FrameSampler", "KMeansModel", "LabelMetadata", "LayerFeatureReader", "MFCCConfig",
+    "MFCCFeatureExtractor", "QualityReport", "add_label_columns", "assign_label_sets", "check_label_length", "check_label_rate",
+    "compute_deltas", "compute_inertia", "compute_mfcc", "compute_mfcc_batch", "fit_and_assign", "fit_kmeans",
+    "fit_label_sets",
     "iter_labels", "iter_source_utterances", "load_feature_model", "load_kmeans_models", "make_feature_extractor",
     "measure_quality", "num_conv_frames", "num_mfcc_frames", "plot_co_occurrence", "quality_from_counts",
     "read_frame_tsv", "read_km_file", "read_label_directory", "read_phn_directory", "read_phn_file",

@@ -170,7 +170,8 @@ def concatenate_frames(features: list[torch.Tensor]) -> torch.Tensor:
     one storage (what `compute_mfcc_batch` returns: a split of one (sum T_i, D) tensor)."""
     first = features[0]
     storage = first.untyped_storage().data_ptr()
-    consecutive = all(f.is_contiguous() and f.dim() == 2 and f.untyped_storage().data_ptr() == storage for f in features)
+    consecutive = all(f.is_contiguous() and f.dim() == 2 and f.untyped_storage().data_ptr() == storage
+                      for f in features)
     consecutive = consecutive and all(
         b.storage_offset() == a.storage_offset() + a.numel() and b.shape[1:] == a.shape[1:] and b.dtype == a.dtype
         for a, b in zip(features, features[1:]))

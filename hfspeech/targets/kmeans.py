@@ -65,7 +65,9 @@ class KMeansModel:
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
-    def predict(self, features: torch.Tensor, utterance_id: str = "<features>", chunk_size: int = DISTANCE_CHUNK_FRAMES) -> torch.Tensor:
+    def predict(
+        self, features: torch.Tensor, utterance_id: str = "<features>", chunk_size: int = DISTANCE_CHUNK_FRAMES
+    ) -> torch.Tensor:
         """Nearest-centre labels.
 
         Args:
