@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..configuration import SpeechEncoderConfig
+from .dropout import Dropout, attention
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -37,7 +38,7 @@ class PositionalConvEmbedding(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with ``scaled_dot_product_attention``. (B, T, H) -> (B, T, H)."""
+    """Multi-head self-attention (SDPA; `dropout.attention` when dropping probabilities). (B, T, H) -> (B, T, H)."""
 
     def __init__(self, config: SpeechEncoderConfig) -> None:
         super().__init__()
@@ -56,9 +57,9 @@ class SelfAttention(nn.Module):
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(
+        out = attention(
             heads(self.q_proj(hidden)), heads(self.k_proj(hidden)), heads(self.v_proj(hidden)),
-            attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0,
+            key_mask, self.dropout if self.training else 0.0,
         )
         return self.out_proj(out.transpose(1, 2).reshape(batch, frames, -1))
 
@@ -69,9 +70,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: SpeechEncoderConfig) -> None:
         super().__init__()
         self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.activation_dropout = Dropout(config.activation_dropout)
         self.output = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.output_dropout = nn.Dropout(config.hidden_dropout)
+        self.output_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.activation_dropout(F.gelu(self.intermediate(hidden)))
@@ -85,7 +86,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.layer_norm_first = config.layer_norm_first
         self.attention = SelfAttention(config)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = FeedForward(config)
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -112,7 +113,7 @@ class TransformerEncoder(nn.Module):
         self.layerdrop = config.layerdrop
         self.pos_conv = PositionalConvEmbedding(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import ModelOutput
 
 from ..configuration import SpeechEncoderConfig
+from .dropout import Dropout
 from .encoder import PositionalConvEmbedding, TransformerEncoder
 from .feature_encoder import FeatureEncoder, FeatureProjection, conv_output_lengths, scale_gradient
 
@@ -210,7 +211,7 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
     def __init__(self, config: SpeechEncoderConfig) -> None:
         super().__init__(config)
         self.speech_encoder = SpeechEncoderModel(config)
-        self.dropout = nn.Dropout(config.final_dropout)
+        self.dropout = Dropout(config.final_dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         # fairseq's freeze_finetune_updates: while True the backbone runs without gradients
         # (only the CTC head learns); the training loop switches it off after N updates.

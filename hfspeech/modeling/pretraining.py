@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..configuration import SpeechEncoderConfig
+from .dropout import Dropout
 from .models import SpeechEncoderModel, SpeechEncoderPreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class SpeechEncoderForPreTraining(SpeechEncoderPreTrainedModel):
     def __init__(self, config: SpeechEncoderConfig) -> None:
         super().__init__(config)
         self.speech_encoder = SpeechEncoderModel(config)
-        self.dropout_features = nn.Dropout(config.feat_quantizer_dropout)
+        self.dropout_features = Dropout(config.feat_quantizer_dropout)
         self.objective = build_objective(config)
         self.post_init()
 
