@@ -237,3 +237,20 @@ def test_concatenated_and_extended_datasets_still_decode():
     np.testing.assert_allclose(combined[index]["audio"], reference, atol=1e-6)
     with_labels = an4.add_column("labels", [[1, 2]] * len(an4))
     assert with_labels[0]["audio"].dtype == np.float32 and with_labels[0]["labels"] == [1, 2]
+
+
+def test_labeled_and_unlabeled_sources_together_still_decode(tmp_path):
+    """An unlabeled directory next to a labeled audiofolder (different columns): `datasets` drops
+    the decoding transform when concatenating such parts; `load_sources` puts it back."""
+    from hfspeech.training.arguments import load_sources
+
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    shutil.copy(AN4 / "fash" / "an251-fash-b.flac", unlabeled / "clip.flac")
+    combined = load_sources(f"{unlabeled},{AN4}")
+    assert len(combined) == 1 + len(load_source(str(AN4)))
+    reference, _ = soundfile.read(unlabeled / "clip.flac", dtype="float32")
+    first = combined[0]
+    assert isinstance(first["audio"], np.ndarray) and first["text"] is None
+    np.testing.assert_allclose(first["audio"], reference, atol=1e-6)
+    assert all(isinstance(example["audio"], np.ndarray) for example in combined)

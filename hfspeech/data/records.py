@@ -258,6 +258,21 @@ def add_column_keeping_audio_encoded(dataset: Dataset, name: str, values: list) 
     return plain.with_transform(transform) if transform is not None else plain
 
 
+def concatenate_decoded(parts: list[Dataset]) -> Dataset:
+    """``datasets.concatenate_datasets`` for sources from :func:`finalize`, still decoding on access.
+
+    ``datasets`` keeps a format transform only when every part has the same format *and
+    columns*; an unlabeled source next to a labeled one (no ``text`` column) would come back
+    with undecoded ``{"bytes", "path"}`` audio. The shared decoding transform is re-attached.
+    """
+    combined = datasets.concatenate_datasets(parts)
+    transforms = [(part.format.get("format_kwargs") or {}).get("transform") for part in parts]
+    if combined.format.get("type") is None and transforms and all(isinstance(t, DecodeTransform) for t in transforms) \
+            and all(t == transforms[0] for t in transforms):
+        combined = combined.with_transform(transforms[0])
+    return combined
+
+
 def table_from_rows(rows: list[dict[str, Any]], labeled: bool) -> Dataset:
     """Build the record table; ``rows`` hold ``path`` or ``bytes``, ``id``, ``speaker_id`` [, ``text``]."""
     columns: dict[str, list] = {

@@ -16,6 +16,12 @@ from transformers import HfArgumentParser
 
 T = TypeVar("T")
 
+MIXED_PRECISION_HELP = ("no, bf16 or fp16 (fp16 scales the loss with a GradScaler and skips overflowing updates; "
+                        "on CPUs it runs but is slow: use bf16 there)")
+TORCH_COMPILE_HELP = "torch.compile the model (after loading weights, before accelerate's prepare)"
+TORCH_COMPILE_BACKEND_HELP = ("torch.compile backend: inductor (generated kernels; minutes of compilation on a CPU), "
+                              "aot_eager or eager (trace only, for checking a model compiles)")
+
 
 @dataclass
 class PretrainingArguments:
@@ -40,8 +46,9 @@ class PretrainingArguments:
     max_steps: int = 400_000
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 10.0
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
-    torch_compile: bool = False
+    mixed_precision: str = field(default="no", metadata={"help": MIXED_PRECISION_HELP})
+    torch_compile: bool = field(default=False, metadata={"help": TORCH_COMPILE_HELP})
+    torch_compile_backend: str = field(default="inductor", metadata={"help": TORCH_COMPILE_BACKEND_HELP})
     save_steps: int = 1000
     keep_checkpoints: int = 2
     logging_steps: int = 10
@@ -79,7 +86,9 @@ class FinetuningArguments:
     save_steps: int = 500
     logging_steps: int = 10
     seed: int = 1
-    mixed_precision: str = "no"
+    mixed_precision: str = field(default="no", metadata={"help": MIXED_PRECISION_HELP})
+    torch_compile: bool = field(default=False, metadata={"help": TORCH_COMPILE_HELP})
+    torch_compile_backend: str = field(default="inductor", metadata={"help": TORCH_COMPILE_BACKEND_HELP})
     push_to_hub: bool = False
     hub_model_id: str = ""
 
@@ -117,9 +126,14 @@ def load_sources(specs: str, split: str = ""):
     import datasets
 
     from ..data import load_source
+    from ..data.records import concatenate_decoded
 
     parts = [spec.strip() for spec in specs.split(",") if spec.strip()]
     if not parts:
         raise ValueError("No data source given: set train_data (a path or librispeech:CONFIG/SPLIT).")
     loaded = [load_source(spec, split=split or None) for spec in parts]
-    return loaded[0] if len(loaded) == 1 else datasets.concatenate_datasets(loaded)
+    if len(loaded) == 1:
+        return loaded[0]
+    if all(isinstance(part, datasets.Dataset) for part in loaded):
+        return concatenate_decoded(loaded)
+    return datasets.concatenate_datasets(loaded)
