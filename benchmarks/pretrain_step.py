@@ -8,8 +8,13 @@ inside `forward`.
 HuBERT: ours vs transformers' `HubertModel` + a plain linear head with cross-entropy over
 the masked frames (transformers has no HuBERT pretraining), masks from NumPy likewise.
 
-Each (implementation, size) runs in its own process: we report the median step time
-(forward + backward + optimizer step) and the process's peak resident memory.
+Each (implementation, size) runs in its own process with ``--threads`` torch threads (default 1:
+the machine is shared, so one thread per process keeps the two comparable). ``--rounds`` runs
+that many process pairs, alternating which implementation goes first; we report the median
+step time (forward + backward + optimizer step) over all timed steps of all rounds, in wall
+and in process CPU seconds, the median of the processes' peak resident memory, and the minor
+page faults per step (glibc returns freed large blocks to the kernel, and touching fresh
+pages again costs ~1 us each; this varies from process to process and moves step times).
 
     .venv/bin/python benchmarks/pretrain_step.py --sizes tiny base --batch 4 --seconds 4 --repeats 5
 """
@@ -58,7 +63,8 @@ def prepare(directory: Path, size: str) -> None:
     ours.save_pretrained(directory / "hf-hubert")
 
 
-def run_one(directory: Path, implementation: str, objective: str, batch: int, seconds: float, repeats: int) -> dict:
+def run_one(directory: Path, implementation: str, objective: str, batch: int, seconds: float, repeats: int,
+            threads: int) -> dict:
     import numpy as np
     import transformers
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
@@ -66,6 +72,7 @@ def run_one(directory: Path, implementation: str, objective: str, batch: int, se
     import hfspeech  # noqa: F401  (registers classes)
     from hfspeech.modeling.pretraining import SpeechEncoderForPreTraining
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     samples = int(seconds * 16000)
@@ -83,8 +90,9 @@ def run_one(directory: Path, implementation: str, objective: str, batch: int, se
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-    def step() -> float:
-        began = time.perf_counter()
+    def step() -> tuple[float, float, int]:
+        began, began_cpu = time.perf_counter(), time.process_time()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if implementation == "hfspeech":
             extra = {"labels": labels} if objective == "hubert" else {}
             loss = model(audio, generator=generator, **extra).loss
@@ -101,11 +109,24 @@ def run_one(directory: Path, implementation: str, objective: str, batch: int, se
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - began
+        return (time.perf_counter() - began, time.process_time() - began_cpu,
+                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
     step()  # warm-up
-    times = [step() for _ in range(repeats)]
-    return {"median_s": statistics.median(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    wall, cpu, faults = zip(*[step() for _ in range(repeats)])
+    return {"wall_s": list(wall), "cpu_s": list(cpu), "faults": list(faults),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Medians over every timed step of every process, and over the processes' peak RSS."""
+    return {
+        "median_s": statistics.median(t for run in runs for t in run["wall_s"]),
+        "median_cpu_s": statistics.median(t for run in runs for t in run["cpu_s"]),
+        "faults_per_step": statistics.median(f for run in runs for f in run["faults"]),
+        "peak_rss_mb": statistics.median(run["peak_rss_mb"] for run in runs),
+        "processes": len(runs),
+    }
 
 
 def main() -> None:
@@ -113,27 +134,38 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["tiny", "base"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per process (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="process pairs per row, alternating the order")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--objectives", nargs="+", default=["wav2vec2", "hubert"])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs=3, metavar=("DIR", "IMPLEMENTATION", "OBJECTIVE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         directory, implementation, objective = args.child
-        print(json.dumps(run_one(Path(directory), implementation, objective, args.batch, args.seconds, args.repeats)))
+        print(json.dumps(run_one(Path(directory), implementation, objective, args.batch, args.seconds, args.repeats,
+                                 args.threads)))
         return
     results = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as directory:
             prepare(Path(directory), size)
-            for objective in ("wav2vec2", "hubert"):
-                row = {"size": size, "objective": objective}
-                for implementation in ("hfspeech", "transformers"):
-                    output = subprocess.run(
-                        [sys.executable, __file__, "--child", directory, implementation, objective,
-                         "--batch", str(args.batch), "--seconds", str(args.seconds), "--repeats", str(args.repeats)],
-                        capture_output=True, text=True, check=True)
-                    row[implementation] = json.loads(output.stdout.strip().splitlines()[-1])
+            for objective in args.objectives:
+                row = {"size": size, "objective": objective, "threads": args.threads}
+                runs: dict[str, list[dict]] = {"hfspeech": [], "transformers": []}
+                for round_index in range(args.rounds):
+                    order = ("hfspeech", "transformers") if round_index % 2 == 0 else ("transformers", "hfspeech")
+                    for implementation in order:
+                        output = subprocess.run(
+                            [sys.executable, __file__, "--child", directory, implementation, objective,
+                             "--batch", str(args.batch), "--seconds", str(args.seconds), "--repeats",
+                             str(args.repeats), "--threads", str(args.threads)],
+                            capture_output=True, text=True, check=True)
+                        runs[implementation].append(json.loads(output.stdout.strip().splitlines()[-1]))
+                for implementation, implementation_runs in runs.items():
+                    row[implementation] = summarise(implementation_runs)
                 row["speedup"] = row["transformers"]["median_s"] / row["hfspeech"]["median_s"]
+                row["speedup_cpu"] = row["transformers"]["median_cpu_s"] / row["hfspeech"]["median_cpu_s"]
                 row["memory_ratio"] = row["hfspeech"]["peak_rss_mb"] / row["transformers"]["peak_rss_mb"]
                 results.append(row)
                 print(json.dumps(row), flush=True)

@@ -15,6 +15,8 @@ steps, the criterion's ``sample_size``; divide ``loss`` by ``num_masked`` for a 
   + ``feature_penalty_weight`` * ``feature_penalty`` * N.
 
 Only masked steps, plus the unmasked steps that explicit negatives point to, are quantized.
+The logits are one (N, M) product of unit context vectors and unit targets (M quantized
+steps), gathered at each step's 1 + K candidates: no (N, 1 + K, P) candidate tensor is built.
 The diversity term uses the softmax perplexity in training (fairseq's ``prob_perplexity``)
 and, as transformers does, the argmax perplexity in evaluation (fairseq keeps the softmax
 one there too), so evaluation losses equal transformers' ``Wav2Vec2ForPreTraining``.
@@ -161,15 +163,21 @@ class Wav2Vec2Objective(nn.Module):
         needed_features = extract_features.reshape(batch_size * num_frames, -1)[needed]
         quantized = self.quantizer(needed_features, mask=flat_mask[needed], generator=generator)
         targets = self.project_q(quantized.codevectors.to(self.project_q.weight.dtype))  # (M, P)
-        positives = targets[position[flat_mask]]  # (N, P)
-        distractors = targets[position[negatives]]  # (N, K, P)
         predictions = self.project_hid(hidden_states[mask])  # (N, P)
-
-        candidates = torch.cat([positives[:, None], distractors], dim=1)  # (N, 1 + K, P)
-        logits = F.cosine_similarity(predictions[:, None].float(), candidates.float(), dim=-1)
+        # Candidate j of step i is row candidate_rows[i, j] of `targets` (column 0 = the positive).
+        candidate_rows = torch.cat([position[flat_mask][:, None], position[negatives]], dim=1)  # (N, 1 + K)
+        # cos(c, q) = unit(c) . unit(q) (F.cosine_similarity's definition): one (N, M) product of
+        # unit vectors, then a gather, instead of gathering an (N, 1 + K, P) candidate tensor.
+        unit_predictions = F.normalize(predictions.float(), dim=-1, eps=1e-8)
+        unit_targets = F.normalize(targets.float(), dim=-1, eps=1e-8)
+        logits = (unit_predictions @ unit_targets.T).gather(1, candidate_rows)
         logits = logits / self.config.contrastive_logits_temperature
-        same_as_positive = (distractors == positives[:, None]).all(dim=-1)  # (N, K)
-        logits[:, 1:] = logits[:, 1:].masked_fill(same_as_positive, float("-inf"))
+        # A distractor whose target vector equals the positive's cannot be told apart: -inf (fairseq).
+        if targets.shape[0]:
+            vector_ids = torch.unique(targets.detach(), dim=0, return_inverse=True)[1]  # (M,) equal rows, equal id
+            candidate_ids = vector_ids[candidate_rows]
+            same_as_positive = candidate_ids[:, 1:] == candidate_ids[:, :1]  # (N, K)
+            logits[:, 1:] = logits[:, 1:].masked_fill(same_as_positive, float("-inf"))
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         contrastive_loss = F.cross_entropy(logits, target, reduction="sum")
 
