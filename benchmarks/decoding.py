@@ -1,7 +1,9 @@
 """CTC decoding: throughput and WER of greedy vs pyctcdecode vs flashlight-text, with KenLM.
 
-Input is an emissions cache (``hfspeech.decoding.EmissionsCache``, .npz). No fine-tuned
-model exists yet, so when ``--emissions`` does not exist the script SIMULATES one (see
+Input is an emissions cache (``hfspeech.decoding.EmissionsCache``, .npz). With ``--real``
+it is a fine-tuned model's (``benchmarks/reproduce/run.py`` saves one per model) and
+``--lm-dir`` an LM built for that model's vocabulary. Otherwise, when ``--emissions`` does not
+exist, the script SIMULATES one (see
 ``hfspeech.decoding.simulation``): noisy peaky CTC posteriors of held-out Gutenberg
 sentences (Jane Austen's *Persuasion*) with acoustically confusable letter substitutions
 and weak letters. The LM is a KenLM 4-gram built by ``build_language_model`` from the
@@ -74,6 +76,14 @@ def simulated_cache(path: Path, sentences: list[str], vocabulary, seed: int, nam
     return cache
 
 
+def split_cache(cache: EmissionsCache, parity: int) -> EmissionsCache:
+    """Every other utterance of ``cache`` (parity 0: even indices, 1: odd)."""
+    keep = range(parity, len(cache), 2)
+    return EmissionsCache([cache.log_probs[i] for i in keep], [cache.references[i] for i in keep],
+                          [cache.utterance_ids[i] for i in keep], cache.vocabulary, cache.seconds_per_frame,
+                          {**cache.metadata, "subset": f"{'even' if parity == 0 else 'odd'} utterances"})
+
+
 def timed_side_by_side(decoders: dict, cache: EmissionsCache) -> dict[str, dict]:
     """Decode every utterance with every decoder, alternating their order per utterance so
     that load from other processes on the machine hits all of them alike."""
@@ -110,6 +120,9 @@ def main() -> None:
     parser.add_argument("--dev-emissions", type=Path, default=CACHE / "persuasion_dev_sim.npz",
                         help="dev-set emissions cache for tuning alpha/beta (simulated when missing)")
     parser.add_argument("--lm-dir", type=Path, default=CACHE / "gutenberg_4gram")
+    parser.add_argument("--real", action="store_true",
+                        help="--emissions is a real model's cache and --lm-dir an LM built for its vocabulary; "
+                             "odd utterances tune alpha/beta, even ones are the test set")
     parser.add_argument("--utterances", type=int, default=200)
     parser.add_argument("--dev-utterances", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
@@ -124,14 +137,22 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    vocabulary = load_vocabulary(None)
-    lm_dir = build_or_load_lm(args.lm_dir, vocabulary)
+    if args.real:
+        # Real emissions of a fine-tuned model (e.g. runs/reproduce/decode_*/emissions.npz) and an LM
+        # built for its vocabulary: even utterances are the test set, odd ones tune alpha/beta.
+        cache = EmissionsCache.load(args.emissions)
+        vocabulary = cache.vocabulary
+        lm_dir = args.lm_dir
+        test, dev = split_cache(cache, 0), split_cache(cache, 1)
+    else:
+        vocabulary = load_vocabulary(None)
+        lm_dir = build_or_load_lm(args.lm_dir, vocabulary)
+        sentences = persuasion_sentences(vocabulary)
+        # Test: every 3rd sentence; dev: the ones right after them (disjoint, both span the book).
+        test = simulated_cache(args.emissions, sentences[::3][: args.utterances], vocabulary, args.seed, "test")
+        dev = simulated_cache(args.dev_emissions, sentences[1::3][: args.dev_utterances], vocabulary, args.seed + 1,
+                              "dev")
     unigrams = set((lm_dir / "unigrams.txt").read_text(encoding="utf-8").split())
-    sentences = persuasion_sentences(vocabulary)
-    # Test: every 3rd sentence; dev: the ones right after them (disjoint, both span the book).
-    test = simulated_cache(args.emissions, sentences[::3][: args.utterances], vocabulary, args.seed, "test")
-    dev = simulated_cache(args.dev_emissions, sentences[1::3][: args.dev_utterances], vocabulary, args.seed + 1,
-                          "dev")
     words = [word for reference in test.references for word in reference.split()]
     oov = sum(word not in unigrams for word in words) / len(words)
     print(f"test: {len(test)} utterances, {test.audio_seconds:.1f} s, source={test.metadata.get('source')}; "
