@@ -124,3 +124,59 @@ def test_tiny_hubert_recipe_runs_from_labels_to_a_model(tmp_path):
     # labels at the wrong rate for the model are refused before training
     assert cli_main(["pretrain", str(recipe), f"output_dir={tmp_path}/bad", f"labels={tmp_path}/labels",
                      f"train_data={AN4}", "max_steps=1", "model_overrides={hubert_num_clusters: [100], label_rate: 50}"]) == 2
+
+
+def fresh_accelerator(**kwargs):
+    """accelerate keeps one process-wide state; a run with other settings starts it anew."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=True, **kwargs)
+
+
+def test_fp16_finetuning_uses_a_grad_scaler_and_keeps_weights_finite(pretrained, tmp_path, single_thread):
+    accelerator = fresh_accelerator(mixed_precision="fp16")
+    try:
+        fields = dict(output_dir=str(tmp_path / "run"), model=str(pretrained), train_data=AN4, learning_rate=2e-3,
+                      max_steps=6, freeze_transformer_steps=2, max_batch_seconds=8.0, save_steps=3, eval_steps=100,
+                      mask_time_prob=0.05, mask_feature_prob=0.0, layerdrop=0.0, seed=3, mixed_precision="fp16")
+        result = run_finetuning(FinetuningArguments(**fields), accelerator)
+    finally:
+        fresh_accelerator()
+    assert isinstance(accelerator.scaler, torch.amp.GradScaler) and accelerator.native_amp
+    losses = result["train_losses"]
+    assert len(losses) == 6 and 0 <= result["skipped_updates"] < 6
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "step-00000006" / "training_state.pt", weights_only=True)
+    assert saved["scaler"]["scale"] == accelerator.scaler.get_scale()
+    before = load_file(str(pretrained / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    assert all(value.dtype == torch.float32 and torch.isfinite(value).all() for value in after.values())
+    assert any(not torch.equal(after[key], before[key]) for key in before if key in after)
+
+
+def compiled_and_plain_finetuning(pretrained: Path, tmp_path: Path, **overrides) -> None:
+    options = dict(max_steps=3, freeze_transformer_steps=1, eval_steps=3, save_steps=3, **overrides)
+    plain = finetune(pretrained, tmp_path / "plain", **options)
+    compiled = finetune(pretrained, tmp_path / "compiled", torch_compile=True, torch_compile_backend="eager", **options)
+    assert compiled["train_losses"] == plain["train_losses"]
+    assert compiled["final"] == plain["final"]
+    first = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
+    second = load_file(str(tmp_path / "compiled" / "final" / "model.safetensors"))
+    assert first.keys() == second.keys()  # no _orig_mod. prefixes
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], atol=0, rtol=0, msg=key)
+
+
+def test_compiled_finetuning_equals_uncompiled(pretrained, tmp_path, single_thread):
+    """torch.compile (eager backend: Dynamo-traced graphs, eager kernels) gives the same weights, exactly:
+    frozen then unfrozen backbone, dev evaluation and checkpoints through the compiled model."""
+    compiled_and_plain_finetuning(pretrained, tmp_path, mask_time_prob=0.0)
+
+
+@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.TorchRuntimeError, reason=(
+    "SpecAugment draws torch.rand(n, generator=None) in modeling/masking.py; once Dynamo makes the batch size "
+    "dynamic (second batch shape) torch 2.13 fails on it ('SymIntArrayRef expected to contain only concrete "
+    "integers'). Fixed by not passing generator=None there; then remove this test's xfail."))
+def test_compiled_finetuning_with_spec_augment(pretrained, tmp_path, single_thread):
+    compiled_and_plain_finetuning(pretrained, tmp_path, mask_time_prob=0.05)

@@ -89,6 +89,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypat
     latest = checkpoints.latest_checkpoint(tmp_path)
     assert latest.name == "step-00000002"
     assert not (tmp_path / "step-00000004").exists()
+    assert not list(tmp_path.glob(".*partial"))  # the half-written copy is removed
     state = checkpoints.load_training_state(latest, optimizer, scheduler, {"a": 1})
     assert state["step"] == 2
     SpeechEncoderForPreTraining.from_pretrained(latest)  # the model loads
@@ -135,7 +136,7 @@ def test_layerdrop_works_under_two_process_ddp(tmp_path):
     assert all(torch.isfinite(value).all() for value in params.values())
 
 
-def _tiny_run(tmp_path, accelerator, max_steps=3, break_call=None):
+def _tiny_run(tmp_path, accelerator, max_steps=3, break_call=None, save_steps=1000, model_overrides=None, **arguments):
     sys.path.insert(0, str(SCRIPT.parent))
     from pretrain_run import global_batches
 
@@ -144,7 +145,8 @@ def _tiny_run(tmp_path, accelerator, max_steps=3, break_call=None):
 
     torch.manual_seed(0)
     model = SpeechEncoderForPreTraining(SpeechEncoderConfig.from_preset(
-        "tiny", mask_time_prob=0.4, mask_time_length=4, num_negatives=10, layerdrop=0.0))
+        "tiny", **{"mask_time_prob": 0.4, "mask_time_length": 4, "num_negatives": 10, "layerdrop": 0.0,
+                   **(model_overrides or {})}))
     if break_call is not None:
         original, calls = model.forward, {"count": 0}
 
@@ -157,8 +159,8 @@ def _tiny_run(tmp_path, accelerator, max_steps=3, break_call=None):
 
         model.forward = forward
     batches = global_batches("wav2vec2")
-    args = PretrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, learning_rate=1e-3, warmup_ratio=0.0,
-                                save_steps=1000, seed=1)
+    args = PretrainingArguments(**{"output_dir": str(tmp_path), "max_steps": max_steps, "learning_rate": 1e-3,
+                                   "warmup_ratio": 0.0, "save_steps": save_steps, "seed": 1, **arguments})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = run_pretraining(model, lambda epoch: iter(batches), args, accelerator)
     return model, before, state
@@ -173,16 +175,103 @@ def _fresh_accelerator(**kwargs):
     return Accelerator(cpu=True, **kwargs)
 
 
-def test_non_finite_updates_are_skipped_and_counted(tmp_path):
+def test_non_finite_updates_are_skipped_and_counted(tmp_path, single_thread):
     model, before, state = _tiny_run(tmp_path, _fresh_accelerator(), max_steps=3, break_call=2)
     assert state["skipped_updates"] == 1
     assert all(torch.isfinite(value).all() for value in model.state_dict().values())
     assert any(not torch.equal(value, before[key]) for key, value in model.state_dict().items())
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path, single_thread):
     model, before, state = _tiny_run(tmp_path, _fresh_accelerator(mixed_precision="bf16"), max_steps=2)
     assert state["skipped_updates"] == 0 and math.isfinite(state["metrics"]["loss"])
     assert all(value.dtype == before[key].dtype for key, value in model.state_dict().items())  # fp32 master weights
     assert any(not torch.equal(value, before[key]) for key, value in model.state_dict().items())
     _fresh_accelerator()  # leave the default (fp32) state to later tests
+
+
+def test_resuming_a_run_with_another_config_is_refused_before_anything_loads(tmp_path, single_thread):
+    _tiny_run(tmp_path, _fresh_accelerator(), max_steps=1, save_steps=1)
+    checkpoint = tmp_path / "step-00000001"
+    before = {path.name: path.read_bytes() for path in checkpoint.iterdir()}
+    with pytest.raises(ValueError, match=r"different config \(learning_rate: 0.001 -> 0.002\).*new output_dir"):
+        _tiny_run(tmp_path, _fresh_accelerator(), max_steps=2, learning_rate=2e-3)
+    # another architecture under the same run config: named, not a state-dict size mismatch
+    with pytest.raises(ValueError, match=r"model has a different config \(num_hidden_layers: 2 -> 1\)"):
+        _tiny_run(tmp_path, _fresh_accelerator(), max_steps=2, model_overrides={"num_hidden_layers": 1})
+    assert {path.name: path.read_bytes() for path in checkpoint.iterdir()} == before  # untouched
+    _, _, state = _tiny_run(tmp_path, _fresh_accelerator(), max_steps=2)  # the same config still resumes
+    assert state["step"] == 2
+
+
+def test_pretraining_data_without_a_usable_utterance_is_refused(tmp_path):
+    from hfspeech import SpeechEncoderConfig
+    from hfspeech.training.pretrain_data import build_pretraining_batches
+
+    fixtures = str(Path(__file__).parent / "fixtures" / "an4")
+    args = PretrainingArguments(output_dir=str(tmp_path), train_data=fixtures, min_sample_seconds=60.0)
+    with pytest.raises(ValueError, match=r"an4: no utterance is at least 60.0 s long; lower min_sample_seconds"):
+        build_pretraining_batches(args, SpeechEncoderConfig.from_preset("tiny"))
+    from hfspeech import SpeechEncoderForPreTraining
+    from hfspeech.training.pretrain_loop import run_pretraining
+
+    with pytest.raises(ValueError, match="yields no batch: no usable utterances"):
+        run_pretraining(SpeechEncoderForPreTraining(SpeechEncoderConfig.from_preset("tiny")), lambda epoch: iter([]),
+                        PretrainingArguments(output_dir=str(tmp_path), max_steps=1), _fresh_accelerator())
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_the_run_resumes(tmp_path, monkeypatch,
+                                                                                    single_thread):
+    """OSError(ENOSPC) while the 2nd checkpoint is written: a clear error, no partial copy, step 1 loadable,
+    and after space is freed the run resumes to the parameters of an uninterrupted run."""
+    import errno
+
+    from hfspeech import SpeechEncoderForPreTraining
+    from hfspeech.training import checkpoints
+
+    uninterrupted, _, _ = _tiny_run(tmp_path / "full", _fresh_accelerator(), max_steps=3, save_steps=1)
+    real_save, calls = torch.save, {"count": 0}
+
+    def save_until_the_disk_fills(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", save_until_the_disk_fills)
+    with pytest.raises(OSError, match=r"No space left on the device while writing .*step-00000002.*Free disk space") as info:
+        _tiny_run(tmp_path / "run", _fresh_accelerator(), max_steps=3, save_steps=1)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert checkpoints.latest_checkpoint(run).name == "step-00000001"
+    assert sorted(path.name for path in run.iterdir() if path.name.startswith((".", "step"))) == ["step-00000001"]
+    SpeechEncoderForPreTraining.from_pretrained(run / "step-00000001")
+    resumed, _, state = _tiny_run(run, _fresh_accelerator(), max_steps=3, save_steps=1)
+    assert state["step"] == 3
+    assert_same_params(uninterrupted.state_dict(), resumed.state_dict(), atol=0)
+
+
+def test_a_full_disk_while_updating_latest_keeps_the_previous_pointer(tmp_path, monkeypatch):
+    import errno
+
+    from hfspeech import SpeechEncoderConfig, SpeechEncoderForPreTraining
+    from hfspeech.training import checkpoints
+
+    model = SpeechEncoderForPreTraining(SpeechEncoderConfig.from_preset("tiny"))
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpoints.save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, {"a": 1})
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        if os.readlink(f"/proc/self/fd/{descriptor}").endswith("latest.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(descriptor)
+
+    monkeypatch.setattr(checkpoints.os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left on the device while writing .*latest"):
+        checkpoints.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, {"a": 1})
+    monkeypatch.undo()
+    assert (tmp_path / "latest").read_text() == "step-00000001" and not (tmp_path / "latest.tmp").exists()
+    assert checkpoints.latest_checkpoint(tmp_path).name == "step-00000001"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from ..data import CTCCollator, DurationBucketBatchSampler, TextNormalizer
 from ..modeling.models import SpeechEncoderForCTC
 from ..processing import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor
+from .acceleration import check_mixed_precision, compile_model, enable_fp16_on_cpu, skip_scaled_update, uncompiled
 from .arguments import FinetuningArguments, load_sources
-from .checkpoints import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomically
 from .pretrain_loop import _EpochStream, _summary_writer
 from .schedules import build_scheduler
 
@@ -66,10 +67,16 @@ def evaluate_wer(model, processor, loader, accelerator: Accelerator) -> dict[str
 
 
 def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Fine-tune ``args.model`` with CTC on ``args.train_data``; returns the final/best dev metrics."""
+    """Fine-tune ``args.model`` with CTC on ``args.train_data``; returns the final/best dev metrics.
+
+    An update whose loss or gradient norm is not finite (under fp16: a loss-scale overflow,
+    after which the scale is backed off) is skipped and counted (``skipped_updates``).
+    """
+    check_mixed_precision(args.mixed_precision)
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=args.mixed_precision, kwargs_handlers=[
             DistributedDataParallelKwargs(find_unused_parameters=True)])  # frozen phase + layerdrop
+    enable_fp16_on_cpu(accelerator)
     output_dir = Path(args.output_dir)
     torch.manual_seed(args.seed)
     normalizer = TextNormalizer()
@@ -108,17 +115,16 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
                                   betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
     scheduler = build_scheduler(optimizer, "tri_stage", args.max_steps)
     run_config = dataclasses.asdict(args)
-    state: dict[str, Any] = {"epoch": 0, "position": 0, "best_wer": None}
+    state: dict[str, Any] = {"epoch": 0, "position": 0, "best_wer": None, "skipped_updates": 0}
     start = 0
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     if checkpoint is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
-        state = load_training_state(checkpoint, optimizer, scheduler, run_config)
+        state = {"skipped_updates": 0, **load_checkpoint(checkpoint, model, optimizer, scheduler, run_config,
+                                                         scaler=accelerator.scaler)}
         start = state.pop("step")
+    model = compile_model(model, args.torch_compile, args.torch_compile_backend)
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = uncompiled(accelerator, model)
     stream = _EpochStream(batches_for_epoch, state["epoch"], state["position"])
     writer = _summary_writer(output_dir, accelerator)
     progress = tqdm(total=args.max_steps, initial=start, disable=not accelerator.is_main_process, desc="finetune")
@@ -135,11 +141,19 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
                 loss = model(**batch).loss / args.gradient_accumulation_steps
                 accelerator.backward(loss)
             total_loss += float(loss.detach())
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         losses.append(total_loss)
-        if math.isfinite(total_loss):
+        finite, unscaled, grad_norm = math.isfinite(total_loss), False, math.nan
+        if finite:  # unscales fp16 gradients first; max_norm=inf only measures (the factor is clamped to exactly 1)
+            grad_norm = float(accelerator.clip_grad_norm_(
+                model.parameters(), args.max_grad_norm if args.max_grad_norm > 0 else math.inf))
+            unscaled, finite = True, math.isfinite(grad_norm)
+        if finite:
             optimizer.step()
+        else:
+            state["skipped_updates"] += 1
+            skip_scaled_update(accelerator, unscaled, overflow=True)
+            logger.warning("Update %d skipped (loss or gradient not finite)%s.", update + 1,
+                           f"; fp16 loss scale now {accelerator.scaler.get_scale():g}" if accelerator.scaler else "")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         progress.update(1)
@@ -147,6 +161,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         if writer is not None and (update + 1) % args.logging_steps == 0:
             writer.add_scalar("train/ctc_loss", total_loss, update + 1)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], update + 1)
+            writer.add_scalar("train/grad_norm", grad_norm, update + 1)
         state.update(epoch=stream.epoch, position=stream.position)
         if dev_loader is not None and ((update + 1) % args.eval_steps == 0 or update + 1 == args.max_steps):
             metrics = evaluate_wer(model, processor, dev_loader, accelerator)
@@ -160,7 +175,8 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         if (update + 1) % args.save_steps == 0 or update + 1 == args.max_steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_checkpoint(output_dir / "checkpoints", update + 1, unwrapped, optimizer, scheduler, state, run_config)
+                save_checkpoint(output_dir / "checkpoints", update + 1, unwrapped, optimizer, scheduler, state, run_config,
+                                scaler=accelerator.scaler)
     progress.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -170,18 +186,18 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
             from ..sharing import push_model_directory
 
             push_model_directory(output_dir / "final", args.hub_model_id or output_dir.name)
-    return {"final": metrics, "best_wer": state["best_wer"], "train_losses": losses}
+    return {"final": metrics, "best_wer": state["best_wer"], "skipped_updates": state["skipped_updates"],
+            "train_losses": losses}
 
 
 def _save_model_directory(model, processor: SpeechProcessor, directory: Path, metrics: dict[str, float],
                           run_config: dict[str, Any]) -> None:
     from ..sharing.training_files import write_training_config
 
-    temporary = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    processor.save_pretrained(temporary)
-    (temporary / "dev_metrics.json").write_text(__import__("json").dumps(metrics, indent=2))
-    write_training_config(temporary, run_config)
-    shutil.rmtree(directory, ignore_errors=True)
-    temporary.rename(directory)
+    def write(temporary: Path) -> None:
+        model.save_pretrained(temporary)
+        processor.save_pretrained(temporary)
+        (temporary / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_training_config(temporary, run_config)
+
+    write_directory_atomically(directory, write)

@@ -22,8 +22,9 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from .acceleration import check_mixed_precision, compile_model, enable_fp16_on_cpu, skip_scaled_update, uncompiled
 from .arguments import PretrainingArguments
-from .checkpoints import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomically
 from .schedules import build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -88,15 +89,19 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
 
     Returns the loop's final state (step, skipped updates, last metrics). Checkpoints go to
     ``args.output_dir`` every ``args.save_steps``; with ``args.resume`` the loop continues
-    from ``output_dir/latest`` exactly (same data position, RNG and optimizer state).
+    from ``output_dir/latest`` exactly (same data position, RNG, optimizer and fp16 scaler
+    state). An update whose loss or gradient norm is not finite (under fp16: a loss-scale
+    overflow, after which the scale is backed off) is skipped and counted.
     """
     from accelerate import DistributedDataParallelKwargs
 
+    check_mixed_precision(args.mixed_precision)
     if accelerator is None:
         accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=model.config.layerdrop > 0)],
         )
+    enable_fp16_on_cpu(accelerator)
     output_dir = Path(args.output_dir)
     torch.manual_seed(args.seed)
     optimizer = build_optimizer(model, args)
@@ -106,17 +111,14 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
     start = 0
     checkpoint = latest_checkpoint(output_dir) if args.resume else None
     if checkpoint is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
-        state = load_training_state(checkpoint, optimizer, scheduler, run_config)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, run_config, scaler=accelerator.scaler)
         start = state.pop("step")
         logger.info("Resuming from %s (update %d).", checkpoint, start)
-    if args.torch_compile:
-        model = torch.compile(model)
+    model_updates = state.pop("model_updates", start)  # updates applied: skipped ones do not anneal
+    model = compile_model(model, args.torch_compile, args.torch_compile_backend)
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.set_num_updates(start)
+    unwrapped = uncompiled(accelerator, model)
+    unwrapped.set_num_updates(model_updates)
     stream = _EpochStream(batches_for_epoch, state["epoch"], state["position"])
     writer = _summary_writer(output_dir, accelerator)
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -143,37 +145,40 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
         summed = {key: accelerator.reduce(value.detach().float(), "sum") for key, value in totals.items()}
         sample_size = float(summed["sample_size"])
         finite = math.isfinite(float(summed["loss"]))
+        unscaled = False
         if sample_size > 0 and finite:
             scale = accelerator.num_processes / sample_size  # DDP averaged over processes; undo, then / frames
             for parameter in parameters:
                 if parameter.grad is not None:
                     parameter.grad.mul_(scale)
-            grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm) if args.max_grad_norm > 0 else \
-                torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
+            # unscales fp16 gradients first; max_norm=inf only measures (the factor is clamped to exactly 1)
+            grad_norm = accelerator.clip_grad_norm_(parameters, args.max_grad_norm if args.max_grad_norm > 0 else math.inf)
+            unscaled = True
             finite = math.isfinite(float(grad_norm))
         if not finite or sample_size == 0:
             state["skipped_updates"] += 1
-            logger.warning("Update %d skipped (loss or gradient not finite, or no masked frame).", update + 1)
-            optimizer.zero_grad(set_to_none=True)
-            progress.update(1)
-            continue
-        optimizer.step()
-        scheduler.step()
+            skip_scaled_update(accelerator, unscaled, overflow=not finite)
+            logger.warning("Update %d skipped (loss or gradient not finite, or no masked frame)%s.", update + 1,
+                           f"; fp16 loss scale now {accelerator.scaler.get_scale():g}" if accelerator.scaler else "")
+        else:
+            optimizer.step()
+            scheduler.step()
+            model_updates = update + 1
+            unwrapped.set_num_updates(model_updates)
+            metrics = _metrics(summed, grad_norm, scheduler, unwrapped, audio_seconds * accelerator.num_processes,
+                               time.perf_counter() - began)
+            progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+            if writer is not None and (update + 1) % args.logging_steps == 0:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"train/{key}", value, update + 1)
         optimizer.zero_grad(set_to_none=True)
-        unwrapped.set_num_updates(update + 1)
-        metrics = _metrics(summed, grad_norm, scheduler, unwrapped, audio_seconds * accelerator.num_processes,
-                           time.perf_counter() - began)
         progress.update(1)
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if writer is not None and (update + 1) % args.logging_steps == 0:
-            for key, value in metrics.items():
-                writer.add_scalar(f"train/{key}", value, update + 1)
-        state.update(epoch=stream.epoch, position=stream.position)
+        state.update(epoch=stream.epoch, position=stream.position, model_updates=model_updates)
         if (update + 1) % args.save_steps == 0 or update + 1 == args.max_steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(output_dir, update + 1, unwrapped, optimizer, scheduler, state, run_config,
-                                keep=args.keep_checkpoints)
+                                keep=args.keep_checkpoints, scaler=accelerator.scaler)
     progress.close()
     if writer is not None:
         writer.close()
@@ -181,10 +186,13 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
     if accelerator.is_main_process:
         from ..sharing.training_files import copy_label_kmeans, write_training_config
 
-        unwrapped.save_pretrained(output_dir / "final")
-        write_training_config(output_dir / "final", run_config)
-        if args.labels:  # HuBERT: the k-means behind the labels travel with the model
-            copy_label_kmeans(args.labels, output_dir / "final")
+        def write_final(directory: Path) -> None:
+            unwrapped.save_pretrained(directory)
+            write_training_config(directory, run_config)
+            if args.labels:  # HuBERT: the k-means behind the labels travel with the model
+                copy_label_kmeans(args.labels, directory)
+
+        write_directory_atomically(output_dir / "final", write_final)
         if args.push_to_hub:  # the complete final/ directory + model card (token: HF_TOKEN or `hf auth login`)
             from ..sharing import push_model_directory
 
