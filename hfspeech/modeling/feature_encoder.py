@@ -6,13 +6,14 @@ normalises every channel over the *valid* frames of each utterance only (fairseq
 transformers normalise over the padded length, so padded base models drift; transformers
 issue 21534).
 
-The conv stack runs channels-first, (B, C, T), with oneDNN's ``conv1d``; the encoder
-returns a time-major (B, T, C) view. Autograd saves one tensor per block: each block's
-GELU is fused with the next block's convolution (`gelu_conv1d`), which keeps only the
-pre-activation and recomputes the GELU in backward, and the first block's GroupNorm joins
-that fusion when no frame is padded (`group_norm_gelu_conv1d`). transformers keeps the
-conv input, the GELU input and (first block) the GroupNorm input: three tensors where we
-keep one, the largest of them (B, 512, S/5) at ``base``.
+The conv stack runs oneDNN's conv on (B, C, 1, T) tensors, channels-first, or time-major
+(``channels_last``) for narrow stacks (`CHANNELS_LAST_MAX_CHANNELS`); the encoder returns a
+time-major (B, T, C) view. Autograd saves one tensor per block: each block's GELU is fused
+with the next block's convolution (`gelu_conv`), which keeps only the pre-activation and
+recomputes the GELU in backward, and the first block's GroupNorm joins that fusion when no
+frame is padded (`group_norm_gelu_conv`). transformers keeps the conv input, the GELU input
+and (first block) the GroupNorm input: three tensors where we keep one, the largest of them
+(B, 512, S/5) at ``base``.
 """
 
 from __future__ import annotations
