@@ -298,6 +298,12 @@ class ConvLayerBlock(nn.Module):
         ``previous_lengths`` valid frames) and GELU are applied first, fused with this conv.
         """
         weight, bias = self.conv.weight, self.conv.bias
+        if torch.is_autocast_enabled(previous.device.type):
+            # mixed precision: plain ops, so autocast casts each of them (the fused functions'
+            # hand-written backward would mix fp16/bf16 gradients with fp32 weights)
+            if previous_norm is not None:
+                previous = previous_norm(previous.squeeze(2), previous_lengths).unsqueeze(2)
+            return _conv(F.gelu(previous), weight, bias, self.stride, channels_last)
         if isinstance(previous_norm, MaskedChannelNorm) and (
             previous_lengths is None or bool((previous_lengths >= previous.shape[3]).all())
         ):
