@@ -1,0 +1,41 @@
+"""Save a CTC model's emissions on a data source, for `benchmarks/decoding.py --real`.
+
+    .venv/bin/python benchmarks/save_emissions.py MODEL_DIR DATA OUT.npz [--flite-dev N --seed S]
+
+With ``--flite-dev N`` DATA is created first: N sentences of the demo's command grammar
+spoken by its held-out voice (`hfspeech.demo_corpus`, phone timings included).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir")
+    parser.add_argument("data")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--flite-dev", type=int, default=0, help="synthesise DATA: this many held-out-voice sentences")
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from hfspeech.decoding.model_emissions import compute_emissions
+
+    data = args.data
+    if args.flite_dev:
+        from hfspeech.demo_corpus import build_corpus
+
+        if not (Path(data) / "dev" / "metadata.csv").exists():
+            build_corpus(Path(data), train_sentences=1, dev_sentences=args.flite_dev, seed=args.seed)
+        data = str(Path(data) / "dev")
+    cache = compute_emissions(args.model_dir, data, require_transcripts=True)
+    cache.save(args.output)
+    print(f"{len(cache)} utterances, {cache.audio_seconds:.1f} s -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()
