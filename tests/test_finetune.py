@@ -174,9 +174,6 @@ def test_compiled_finetuning_equals_uncompiled(pretrained, tmp_path, single_thre
     compiled_and_plain_finetuning(pretrained, tmp_path, mask_time_prob=0.0)
 
 
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.TorchRuntimeError, reason=(
-    "SpecAugment draws torch.rand(n, generator=None) in modeling/masking.py; once Dynamo makes the batch size "
-    "dynamic (second batch shape) torch 2.13 fails on it ('SymIntArrayRef expected to contain only concrete "
-    "integers'). Fixed by not passing generator=None there; then remove this test's xfail."))
 def test_compiled_finetuning_with_spec_augment(pretrained, tmp_path, single_thread):
+    """Also with SpecAugment, whose masks are drawn inside the compiled forward at varying batch shapes."""
     compiled_and_plain_finetuning(pretrained, tmp_path, mask_time_prob=0.05)

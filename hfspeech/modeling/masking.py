@@ -30,6 +30,14 @@ import torch
 __all__ = ["compute_span_mask", "compute_channel_mask", "sample_negative_indices"]
 
 
+def _uniform(size: tuple, generator: torch.Generator | None, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.rand(size)`` from ``generator`` when one is given. Without one the ``generator``
+    argument is left out: torch.compile (torch 2.13) fails on ``generator=None`` once a size is dynamic."""
+    if generator is None:
+        return torch.rand(size, device=device, dtype=dtype)
+    return torch.rand(size, generator=generator, device=device, dtype=dtype)
+
+
 def _check_mask_arguments(mask_prob: float, mask_length: int, min_masks: int) -> None:
     if not 0.0 <= mask_prob:
         raise ValueError(
@@ -92,7 +100,7 @@ def compute_span_mask(
     if batch_size == 0 or num_frames == 0:
         return torch.zeros(batch_size, num_frames, dtype=torch.bool, device=device)
 
-    rounding = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    rounding = _uniform((batch_size,), generator, device, torch.float64)
     num_spans = (mask_prob * lengths.to(torch.float64) / mask_length + rounding).floor().long()
     num_spans = num_spans.clamp_min(min_masks)
     # Starts come from [0, num_starts): n - mask_length normally, num + 1 for short utterances.
@@ -104,7 +112,7 @@ def compute_span_mask(
     max_spans = int(num_spans.max())
     if max_spans == 0:
         return torch.zeros(batch_size, num_frames, dtype=torch.bool, device=device)
-    keys = torch.rand(batch_size, max_starts, generator=generator, device=device)
+    keys = _uniform((batch_size, max_starts), generator, device)
     positions = torch.arange(max_starts, device=device)
     keys = keys.masked_fill(positions[None, :] >= num_starts[:, None], 2.0)
     chosen = keys.topk(min(max_spans, max_starts), dim=1, largest=False).indices  # (B, S)
@@ -202,7 +210,7 @@ def sample_negative_indices(
     owner = torch.div(masked_steps, num_frames, rounding_mode="floor")  # (N,)
     first = (torch.cumsum(num_masked, dim=0) - num_masked)[owner]  # (N,)
     choices = (num_masked[owner] - 1)[:, None]  # (N, 1) other masked steps of the same utterance
-    uniform = torch.rand(masked_steps.numel(), num_negatives, generator=generator, device=device)
+    uniform = _uniform((masked_steps.numel(), num_negatives), generator, device)
     # floor(U * (m - 1)) is uniform on [0, m - 2]; the minimum only catches float32 rounding up.
     drawn = uniform.mul_(choices).long()
     torch.minimum(drawn, choices - 1, out=drawn)
