@@ -96,6 +96,12 @@ def write_report(summary_path: Path, output_dir: Path) -> str:
             lines.append(f"| {init} | {subset} | {100 * decode['greedy']['wer']:.1f} | {100 * decode['greedy']['cer']:.1f} | "
                          f"{100 * decode['lm']['wer']:.1f} | {100 * decode['lm']['cer']:.1f} | "
                          f"{'-' if best is None else f'{100 * best:.1f}'} |")
+    for key in sorted(k for k in summary if k.startswith("decode_") and k.count("_") == 3):
+        _, init, subset, updates = key.split("_")  # longer runs: decode_{init}_all_{updates}
+        decode, best = summary[key], summary.get(f"finetune_{init}_{subset}_{updates}", {}).get("best_wer")
+        lines.append(f"| {init} ({updates} updates) | {subset} | {100 * decode['greedy']['wer']:.1f} | "
+                     f"{100 * decode['greedy']['cer']:.1f} | {100 * decode['lm']['wer']:.1f} | {100 * decode['lm']['cer']:.1f} | "
+                     f"{'-' if best is None else f'{100 * best:.1f}'} |")
     pnmi = summary.get("pnmi", {})
     if pnmi:
         lines += ["", "| labels (flite speech, phone timings) | K | PNMI | phone purity | cluster purity |", "|---|---:|---:|---:|---:|"]

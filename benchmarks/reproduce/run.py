@@ -48,6 +48,7 @@ DEV_SPEAKERS = 10
 SUBSET_SECONDS = 600.0
 INITS = ("random", "wav2vec2", "hubert")
 SUBSETS = ("10min", "all")
+EXTRA_INITS = ("random", "hubert")
 
 
 def split_an4(an4: Path, output: Path, seed: int = 0) -> dict:
@@ -250,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
+    parser.add_argument("--extra-finetune", type=int, default=0, metavar="N",
+                        help="also fine-tune random and HuBERT inits on all AN4 training speakers for N updates")
+    parser.add_argument("--extra-only", action="store_true",
+                        help="with --extra-finetune: run only those fine-tunings (decoding needs a full run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
@@ -275,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     inits = {"random": results["random"]["model"], "wav2vec2": results["wav2vec2"]["model"],
              "hubert": results["hubert_iter2"]["model"]}
     results["tokenizer"] = run_stage(out, "tokenizer", lambda d: stage_tokenizer(d, splits))
+    extra = [f"{init}_all_{args.extra_finetune}" for init in EXTRA_INITS] if args.extra_finetune else []
+    for name in extra:  # longer fine-tuning on all training speakers (same data, more updates)
+        init = name.split("_")[0]
+        results[f"finetune_{name}"] = run_stage(out, f"finetune_{name}", lambda d: stage_finetune(
+            d, inits[init], out / "tokenizer", splits / "train_all", splits / "dev", args.extra_finetune))
+    if args.extra_only:
+        return 0
     for subset in SUBSETS:
         for init in INITS:
             name = f"finetune_{init}_{subset}"
@@ -286,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             name = f"decode_{init}_{subset}"
             results[name] = run_stage(out, name, lambda d: stage_decode(
                 d, results[f"finetune_{init}_{subset}"]["model"], splits / "dev", results["lm"]["directory"]))
+    for name in extra:
+        results[f"decode_{name}"] = run_stage(out, f"decode_{name}", lambda d: stage_decode(
+            d, results[f"finetune_{name}"]["model"], splits / "dev", results["lm"]["directory"]))
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     from report import write_report  # benchmarks/reproduce/report.py
 
