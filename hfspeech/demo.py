@@ -161,9 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/demo"))
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (for the test suite)")
+    parser.add_argument("--threads", type=int, default=1, help=(
+        "torch threads; the demo model is small, so more threads gain little and, on a machine "
+        "busy with other jobs, oversubscribed threads made steps up to 10x slower"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     settings = QUICK if args.quick else FULL
+    import torch
+
+    torch.set_num_threads(args.threads)
     output = args.output
     corpus = output / "corpus"
     results = {"corpus": run_stage(output, "corpus", lambda d: stage_corpus(d, settings))}
