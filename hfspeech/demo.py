@@ -169,8 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else FULL
     import torch
 
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    output = args.output
+    try:
+        results, model_dir = run_stages(args.output, settings)
+    finally:  # a caller's (e.g. the test suite's) thread setting is left as it was
+        torch.set_num_threads(previous_threads)
+    (args.output / "summary.json").write_text(json.dumps(results, indent=2))
+    print(format_summary(results, model_dir))
+    return 0
+
+
+def run_stages(output: Path, settings: dict) -> tuple[dict, Path]:
+    """Every stage in order (each reused when its result.json exists); returns results and the model dir."""
     corpus = output / "corpus"
     results = {"corpus": run_stage(output, "corpus", lambda d: stage_corpus(d, settings))}
     results["labels"] = run_stage(output, "labels", lambda d: stage_labels(d, corpus))
@@ -180,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(results["finetune"]["model"])
     results["lm"] = run_stage(output, "lm", lambda d: stage_lm(d, corpus, model_dir))
     results["decode"] = run_stage(output, "decode", lambda d: stage_decode(d, corpus, model_dir, output / "lm", settings))
-    (output / "summary.json").write_text(json.dumps(results, indent=2))
-    print(format_summary(results, model_dir))
-    return 0
+    return results, model_dir
 
 
 def format_summary(results: dict, model_dir: Path) -> str:
