@@ -84,6 +84,23 @@ def split_cache(cache: EmissionsCache, parity: int) -> EmissionsCache:
                           {**cache.metadata, "subset": f"{'even' if parity == 0 else 'odd'} utterances"})
 
 
+def grid_search(dev: EmissionsCache, backend: str, points: int, beam: int, base: dict) -> tuple[float, float]:
+    """Best (alpha, beta) on ``dev`` over a points x points grid of alpha in [0, 5], beta in [-5, 5]."""
+    import numpy as np
+
+    scored = []
+    for alpha in np.linspace(0.0, 5.0, points):
+        for beta in np.linspace(-5.0, 5.0, points):
+            decoder = build_decoder(DecoderSpec(backend=backend, beam_width=beam, alpha=float(alpha), beta=float(beta),
+                                                **base))
+            report = error_report(dev.references, [decoder.decode(item).text for item in dev.log_probs])
+            scored.append((report.wer, float(alpha), float(beta)))
+    wer, alpha, beta = min(scored)
+    print(f"{backend}: grid ({points}x{points}) on dev alpha={alpha:.2f} beta={beta:.2f} (dev WER {100 * wer:.2f}%)",
+          flush=True)
+    return alpha, beta
+
+
 def timed_side_by_side(decoders: dict, cache: EmissionsCache) -> dict[str, dict]:
     """Decode every utterance with every decoder, alternating their order per utterance so
     that load from other processes on the machine hits all of them alike."""
@@ -129,6 +146,8 @@ def main() -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--tune-beam", type=int, default=8)
     parser.add_argument("--tune-trials", type=int, default=12, help="0: use --alpha/--beta for both backends")
+    parser.add_argument("--grid", type=int, default=0, metavar="N",
+                        help="tune alpha/beta by an N x N grid on dev instead of optuna (exhaustive, slower)")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--beam-prune-logp", type=float, default=-10.0)
@@ -157,11 +176,14 @@ def main() -> None:
     oov = sum(word not in unigrams for word in words) / len(words)
     print(f"test: {len(test)} utterances, {test.audio_seconds:.1f} s, source={test.metadata.get('source')}; "
           f"OOV rate vs LM unigrams {100 * oov:.2f}%; dev: {len(dev)} utterances")
-    base = dict(labels=vocabulary.labels, beam_prune_logp=args.beam_prune_logp, token_min_logp=args.token_min_logp,
+    base = dict(labels=vocabulary.labels, blank_index=vocabulary.blank_index, beam_prune_logp=args.beam_prune_logp, token_min_logp=args.token_min_logp,
                 seconds_per_frame=test.seconds_per_frame, lm_path=str(lm_dir))
 
     weights = {backend: (args.alpha, args.beta) for backend in ("pyctcdecode", "flashlight")}
-    if args.tune_trials:
+    if args.grid:
+        for backend in weights:
+            weights[backend] = grid_search(dev, backend, args.grid, args.tune_beam, base)
+    elif args.tune_trials:
         for backend in weights:
             spec = DecoderSpec(backend=backend, beam_width=args.tune_beam, alpha=args.alpha, beta=args.beta, **base)
             tuned = tune_lm_weights(dev, spec, num_trials=args.tune_trials, seed=args.seed)
