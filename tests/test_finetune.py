@@ -177,3 +177,16 @@ def test_compiled_finetuning_equals_uncompiled(pretrained, tmp_path, single_thre
 def test_compiled_finetuning_with_spec_augment(pretrained, tmp_path, single_thread):
     """Also with SpecAugment, whose masks are drawn inside the compiled forward at varying batch shapes."""
     compiled_and_plain_finetuning(pretrained, tmp_path, mask_time_prob=0.05)
+
+
+def test_a_given_tokenizer_is_used_and_a_missing_one_is_refused(pretrained, tmp_path):
+    from hfspeech.processing import CharacterCTCTokenizer
+
+    # an alphabet wider than the fixtures' transcripts (all 26 letters, digits spelled out in AN4)
+    given = CharacterCTCTokenizer.from_transcripts(["THE QUICK BROWN FOX JUMPS OVER A LAZY DOG'S BACK"])
+    given.save_pretrained(tmp_path / "tokenizer")
+    finetune(pretrained, tmp_path / "run", max_steps=2, eval_steps=100, tokenizer=str(tmp_path / "tokenizer"))
+    written = json.loads((tmp_path / "run" / "final" / "vocab.json").read_text())
+    assert written == json.loads((tmp_path / "tokenizer" / "vocab.json").read_text())
+    with pytest.raises(FileNotFoundError, match="has no vocab.json"):
+        finetune(pretrained, tmp_path / "bad", max_steps=1, tokenizer=str(tmp_path))

@@ -68,6 +68,9 @@ class FinetuningArguments:
     train_split: str = field(default="", metadata={"help": "split of a local LibriSpeech/Libri-light source (10min, 1h, ...)"})
     dev_data: str = ""
     dev_split: str = ""
+    tokenizer: str = field(default="", metadata={"help": (
+        "directory with a CTC tokenizer (vocab.json) to use, e.g. to share one alphabet across runs; "
+        "default: the model directory's, else one built from the training transcripts")})
     learning_rate: float = 5e-5
     max_steps: int = 20_000
     freeze_transformer_steps: int = field(default=10_000, metadata={"help": "updates with only the CTC head trained"})

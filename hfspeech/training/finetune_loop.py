@@ -32,8 +32,16 @@ from .schedules import build_scheduler
 logger = logging.getLogger(__name__)
 
 
-def build_processor(model_dir: str, transcripts: list[str]) -> SpeechProcessor:
-    """The model directory's tokenizer if it has one, else one built from the transcripts."""
+def build_processor(model_dir: str, transcripts: list[str], tokenizer_dir: str = "") -> SpeechProcessor:
+    """The tokenizer of ``tokenizer_dir`` if given, else the model directory's if it has one, else
+    one built from the transcripts."""
+    if tokenizer_dir:
+        if not (Path(tokenizer_dir) / "vocab.json").exists():
+            raise FileNotFoundError(
+                f"tokenizer={tokenizer_dir!r} has no vocab.json; give a directory written by "
+                "CharacterCTCTokenizer.save_pretrained (or a fine-tuned model directory), or leave tokenizer empty "
+                "to build one from the training transcripts.")
+        return SpeechProcessor(SpeechFeatureExtractor(), CharacterCTCTokenizer.from_pretrained(tokenizer_dir))
     if (Path(model_dir) / "vocab.json").exists():
         return SpeechProcessor(SpeechFeatureExtractor(), CharacterCTCTokenizer.from_pretrained(model_dir))
     return SpeechProcessor(SpeechFeatureExtractor(), CharacterCTCTokenizer.from_transcripts(transcripts))
@@ -84,7 +92,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     if "text" not in train.column_names:
         raise ValueError(f"{args.train_data} has no transcripts: CTC fine-tuning needs labeled audio.")
     transcripts = [normalizer(text, utterance_id) for text, utterance_id in zip(train["text"], train["id"])]
-    processor = build_processor(args.model, transcripts)
+    processor = build_processor(args.model, transcripts, args.tokenizer)
     tokenizer = processor.tokenizer
     model = SpeechEncoderForCTC.from_pretrained(
         args.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
