@@ -15,6 +15,10 @@ step time (forward + backward + optimizer step) over all timed steps of all roun
 and in process CPU seconds, the median of the processes' peak resident memory, and the minor
 page faults per step (glibc returns freed large blocks to the kernel, and touching fresh
 pages again costs ~1 us each; this varies from process to process and moves step times).
+Our training loops (`hfspeech.training.pretrain_loop`, ``finetune_loop``) switch that off with
+`hfspeech.training.acceleration.reuse_freed_memory`; ``--reuse-freed-memory`` says which
+processes here call it: ``hfspeech`` (default, as our loops run), ``none`` or ``both`` (the
+allocator setting given to transformers' process too, the like-for-like compute comparison).
 
     .venv/bin/python benchmarks/pretrain_step.py --sizes tiny base --batch 4 --seconds 4 --repeats 5
 """
@@ -64,7 +68,12 @@ def prepare(directory: Path, size: str) -> None:
 
 
 def run_one(directory: Path, implementation: str, objective: str, batch: int, seconds: float, repeats: int,
-            threads: int) -> dict:
+            threads: int, reuse_freed: str = "hfspeech") -> dict:
+    if reuse_freed in (implementation, "both"):
+        from hfspeech.training.acceleration import reuse_freed_memory
+
+        if not reuse_freed_memory():
+            raise RuntimeError("reuse_freed_memory() did not apply (no glibc, or HFSPEECH_REUSE_FREED_MEMORY=0).")
     import numpy as np
     import transformers
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
@@ -138,20 +147,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="process pairs per row, alternating the order")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--objectives", nargs="+", default=["wav2vec2", "hubert"])
+    parser.add_argument("--reuse-freed-memory", choices=["hfspeech", "none", "both"], default="hfspeech",
+                        help="processes that call hfspeech.training.acceleration.reuse_freed_memory (glibc keeps "
+                             "freed blocks: no fresh-page faults); our training loops call it")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs=3, metavar=("DIR", "IMPLEMENTATION", "OBJECTIVE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         directory, implementation, objective = args.child
         print(json.dumps(run_one(Path(directory), implementation, objective, args.batch, args.seconds, args.repeats,
-                                 args.threads)))
+                                 args.threads, args.reuse_freed_memory)))
         return
     results = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as directory:
             prepare(Path(directory), size)
             for objective in args.objectives:
-                row = {"size": size, "objective": objective, "threads": args.threads}
+                row = {"size": size, "objective": objective, "threads": args.threads, "batch": args.batch,
+                       "reuse_freed_memory": args.reuse_freed_memory}
                 runs: dict[str, list[dict]] = {"hfspeech": [], "transformers": []}
                 for round_index in range(args.rounds):
                     order = ("hfspeech", "transformers") if round_index % 2 == 0 else ("transformers", "hfspeech")
@@ -159,7 +172,8 @@ def main() -> None:
                         output = subprocess.run(
                             [sys.executable, __file__, "--child", directory, implementation, objective,
                              "--batch", str(args.batch), "--seconds", str(args.seconds), "--repeats",
-                             str(args.repeats), "--threads", str(args.threads)],
+                             str(args.repeats), "--threads", str(args.threads),
+                             "--reuse-freed-memory", args.reuse_freed_memory],
                             capture_output=True, text=True, check=True)
                         runs[implementation].append(json.loads(output.stdout.strip().splitlines()[-1]))
                 for implementation, implementation_runs in runs.items():

@@ -194,3 +194,34 @@ def test_unknown_mixed_precision_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"mixed_precision='f16'.*\['no', 'bf16', 'fp16'\]"):
         run_pretraining(tiny_model("wav2vec2"), lambda epoch: iter([]),
                         PretrainingArguments(output_dir=str(tmp_path), mixed_precision="f16"))
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from hfspeech.training.acceleration import reuse_freed_memory
+applied = reuse_freed_memory()
+for _ in range(2):  # warm-up: 64 MiB blocks (above glibc's largest default mmap threshold), freed at once
+    torch.empty(16 << 20).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    torch.empty(16 << 20).fill_(1.0)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_reuse_freed_memory_stops_fresh_page_faults_and_can_be_switched_off(opt_out):
+    import os
+    import subprocess
+
+    from hfspeech.training.acceleration import REUSE_FREED_MEMORY_ENV
+
+    env = {**os.environ, REUSE_FREED_MEMORY_ENV: "0" if opt_out else "1"}
+    applied, faults = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
+                                     check=True).stdout.split()
+    pages = 5 * (64 << 20) // 4096
+    if opt_out:  # glibc maps and unmaps the 64 MiB block each time: a fault per page
+        assert applied == "False" and int(faults) > pages // 2
+    else:  # the freed block is reused: no fresh pages
+        assert applied == "True" and int(faults) < pages // 20

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ..data import CTCCollator, DurationBucketBatchSampler, TextNormalizer
 from ..modeling.models import SpeechEncoderForCTC
 from ..processing import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor
-from .acceleration import check_mixed_precision, compile_model, enable_fp16_on_cpu, skip_scaled_update, uncompiled
+from .acceleration import (check_mixed_precision, compile_model, enable_fp16_on_cpu, reuse_freed_memory,
+                           skip_scaled_update, uncompiled)
 from .arguments import FinetuningArguments, load_sources
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomically
 from .pretrain_loop import _EpochStream, _summary_writer
@@ -81,6 +82,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     after which the scale is backed off) is skipped and counted (``skipped_updates``).
     """
     check_mixed_precision(args.mixed_precision)
+    reuse_freed_memory()  # steps reuse the previous step's pages (no fresh-page faults)
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=args.mixed_precision, kwargs_handlers=[
             DistributedDataParallelKwargs(find_unused_parameters=True)])  # frozen phase + layerdrop

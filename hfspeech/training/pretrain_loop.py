@@ -22,7 +22,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .acceleration import check_mixed_precision, compile_model, enable_fp16_on_cpu, skip_scaled_update, uncompiled
+from .acceleration import (check_mixed_precision, compile_model, enable_fp16_on_cpu, reuse_freed_memory,
+                           skip_scaled_update, uncompiled)
 from .arguments import PretrainingArguments
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomically
 from .schedules import build_scheduler
@@ -96,6 +97,7 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
     from accelerate import DistributedDataParallelKwargs
 
     check_mixed_precision(args.mixed_precision)
+    reuse_freed_memory()  # steps reuse the previous step's pages (no fresh-page faults)
     if accelerator is None:
         accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
