@@ -14,12 +14,20 @@ from hfspeech.targets.assign import (
     LabelMetadata,
     add_label_columns,
     check_label_length,
+    format_label_lines,
     iter_source_utterances,
     read_km_file,
     read_label_directory,
     write_label_files,
 )
-from hfspeech.targets.kmeans import FrameSampler, KMeansModel, compute_inertia, fit_kmeans, load_kmeans_models
+from hfspeech.targets.kmeans import (
+    FrameSampler,
+    KMeansModel,
+    compute_inertia,
+    fit_kmeans,
+    load_kmeans_models,
+    nearest_centroids,
+)
 from hfspeech.targets.mfcc import MFCCFeatureExtractor, compute_mfcc_batch
 
 AUDIO = Path(__file__).parent / "fixtures" / "targets" / "audio"
@@ -129,6 +137,26 @@ def test_km_files_round_trip_and_match_direct_prediction(tmp_path: Path) -> None
         check_label_length(name, len(row5), len(waveform), metadata.label_rate)
     assert (tmp_path / "k5.km").read_text().splitlines()[0] == " ".join(map(str, labels[5][0]))
     assert len(read_km_file(tmp_path / "k12.km")) == 3
+
+
+@pytest.mark.parametrize("num_clusters", [1, 10, 100, 1000, 12345])
+def test_km_lines_are_the_plain_join(num_clusters: int) -> None:
+    rng = np.random.default_rng(num_clusters)
+    counts = rng.integers(1, 300, size=40)
+    labels = rng.integers(0, num_clusters, size=int(counts.sum()))
+    rows = np.split(labels, np.cumsum(counts)[:-1])
+    expected = "".join(" ".join(map(str, row.tolist())) + "\n" for row in rows).encode()
+    assert format_label_lines(labels, counts) == expected
+    assert format_label_lines(np.array([3, 14, 15]), np.array([2, 0, 1])) == b"3 14\n\n15\n"  # an empty line
+
+
+def test_predict_without_distances_equals_labels_with_them() -> None:
+    frames = _real_mfcc_frames()
+    model = fit_kmeans(frames, 12, seed=0)
+    labels, distances = nearest_centroids(frames, model.centroids, chunk_size=100)
+    assert torch.equal(model.predict(frames), labels)
+    squared = ((frames[:, None, :] - model.centroids[None]) ** 2).sum(-1)
+    torch.testing.assert_close(distances, squared.min(1).values, rtol=1e-4, atol=1e-2)
 
 
 def test_label_length_check_catches_rate_mix_up() -> None:

@@ -21,7 +21,15 @@ import scipy.signal
 import soundfile
 import torch
 
-from hfspeech.targets.mfcc import MFCCConfig, compute_deltas, compute_mfcc, compute_mfcc_batch, num_mfcc_frames
+from hfspeech.targets.mfcc import (
+    MFCCConfig,
+    _constants,
+    _mel_blocks,
+    compute_deltas,
+    compute_mfcc,
+    compute_mfcc_batch,
+    num_mfcc_frames,
+)
 
 AUDIO = Path(__file__).parent / "fixtures" / "targets" / "audio"
 
@@ -119,6 +127,19 @@ def test_deltas_are_the_hand_computed_regression() -> None:
     # t=4: 4,9,16,16,16 -> (-8 - 9 + 16 + 32)/10 = 3.1
     expected = torch.tensor([[0.9], [2.2], [4.0], [4.2], [3.1]])
     torch.testing.assert_close(compute_deltas(x), expected)
+
+
+@pytest.mark.parametrize("num_mel_bins", [23, 40, 80])
+def test_mel_blocks_cover_every_filter_weight(num_mel_bins: int) -> None:
+    config = MFCCConfig(num_mel_bins=num_mel_bins)
+    dense = _constants(config)[1].T.float()  # (M, F/2+1)
+    rebuilt = torch.zeros_like(dense)
+    for first, stop, low, high, weights in _mel_blocks(config):
+        rebuilt[first:stop, low:high] = weights[:, ::2]
+        assert torch.equal(weights[:, ::2], weights[:, 1::2])  # one weight per (re², im²) pair
+    assert torch.equal(rebuilt, dense)
+    assert [b[:2] for b in _mel_blocks(config)] == list(zip([b[0] for b in _mel_blocks(config)],
+                                                           [b[0] for b in _mel_blocks(config)][1:] + [num_mel_bins]))
 
 
 def test_batch_equals_one_by_one() -> None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +29,7 @@ from .kmeans import FrameSampler, KMeansModel
 
 logger = logging.getLogger(__name__)
 
+_WHITESPACE = re.compile(r"\s")
 LABELS_METADATA = "labels.json"
 IDS_FILE = "ids.txt"
 SAMPLE_RATE = 16000
@@ -181,23 +184,68 @@ def concatenate_frames(features: list[torch.Tensor]) -> torch.Tensor:
     return first.as_strided((rows, first.shape[1]), first.stride(), first.storage_offset())
 
 
-def label_feature_groups(
+def label_groups(
     groups: Iterable[FeatureGroup], extractor: FeatureExtractor, models: list[KMeansModel]
-) -> Iterator[tuple[str, int, list[np.ndarray]]]:
-    """Yield ``(utterance_id, num_samples, [labels (T,) int64 per model])`` for computed feature groups."""
+) -> Iterator[tuple[list[str], list[int], np.ndarray, list[np.ndarray]]]:
+    """Yield ``(utterance_ids, num_samples, frame counts (n,), [labels (sum T_i,) int64 per model])``
+    per computed feature group: one assignment per group and model, not split per utterance."""
     _check_models(models, extractor)
     for names, lengths, features in groups:
-        counts = [f.shape[0] for f in features]
+        counts = np.array([f.shape[0] for f in features], dtype=np.int64)
         for name, num_samples, count in zip(names, lengths, counts):
             expected = extractor.num_frames(num_samples)
             if count != expected:
                 raise ValueError(f"utterance {name}: {count} feature frames for {num_samples} samples, "
                                  f"expected {expected} at {extractor.frame_rate} Hz")
-        frames = concatenate_frames(features)  # one assignment per group, split per utterance afterwards
-        label_sets = [np.split(model.predict(frames, names[0] if len(names) == 1 else f"group starting at {names[0]}")
-                               .cpu().numpy(), np.cumsum(counts)[:-1]) for model in models]
+        frames = concatenate_frames(features)
+        where = names[0] if len(names) == 1 else f"group starting at {names[0]}"
+        yield names, lengths, counts, [model.predict(frames, where).cpu().numpy() for model in models]
+
+
+def label_feature_groups(
+    groups: Iterable[FeatureGroup], extractor: FeatureExtractor, models: list[KMeansModel]
+) -> Iterator[tuple[str, int, list[np.ndarray]]]:
+    """Yield ``(utterance_id, num_samples, [labels (T,) int64 per model])`` for computed feature groups."""
+    for names, lengths, counts, label_sets in label_groups(groups, extractor, models):
+        label_sets = [np.split(labels, np.cumsum(counts)[:-1]) for labels in label_sets]
         for index, (name, num_samples) in enumerate(zip(names, lengths)):
             yield name, num_samples, [labels[index] for labels in label_sets]
+
+
+@lru_cache(maxsize=16)
+def _label_codes(num_ids: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``"<id> "`` for ids 0..num_ids-1 as zero-padded 4- or 8-byte words (num_ids,), and their lengths."""
+    texts = [f"{i} ".encode() for i in range(num_ids)]
+    longest = max(len(text) for text in texts)
+    if longest > 8:
+        return None
+    dtype = np.uint32 if longest <= 4 else np.uint64
+    table = np.zeros((num_ids, np.dtype(dtype).itemsize), dtype=np.uint8)
+    for index, text in enumerate(texts):
+        table[index, : len(text)] = np.frombuffer(text, dtype=np.uint8)
+    return table.view(dtype).ravel(), np.array([len(text) for text in texts], dtype=np.int64)
+
+
+def format_label_lines(labels: np.ndarray, counts: np.ndarray) -> bytes:
+    """``.km`` text of consecutive utterances: per utterance its (T_i,) ids joined by spaces, then a newline.
+
+    Same bytes as ``" ".join(map(str, row)) + "\n"`` per row, built with array operations (8x
+    faster for 656k labels): each id picks its pre-formatted ``"<id> "`` from a table of
+    zero-padded words, the padding bytes are dropped and the last space of every line becomes
+    the newline.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    codes = _label_codes(int(labels.max()) + 1) if len(labels) and labels.min() >= 0 else None
+    if codes is None or (counts == 0).any():  # rare shapes: the plain way
+        rows = np.split(labels, np.cumsum(counts)[:-1])
+        return "".join(" ".join(map(str, row.tolist())) + "\n" for row in rows).encode()
+    words, lengths = codes
+    padded = words[labels].view(np.uint8)
+    text = np.compress(padded != 0, padded)
+    line_ends = np.cumsum(lengths[labels])[np.cumsum(counts) - 1] - 1
+    text[line_ends] = ord("\n")
+    return text.tobytes()
 
 
 def iter_labels(
@@ -238,18 +286,19 @@ def write_label_groups(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_models(models, extractor)
-    handles = [open(output_dir / km_file_name(model.num_clusters), "w") for model in models]
+    handles = [open(output_dir / km_file_name(model.num_clusters), "wb") for model in models]
     count = frames = 0
     try:
         with open(output_dir / IDS_FILE, "w") as ids_file:
-            for name, _, labels in label_feature_groups(groups, extractor, models):
-                if any(c.isspace() for c in name):
+            for names, _, counts, label_sets in label_groups(groups, extractor, models):
+                if _WHITESPACE.search("".join(names)):
+                    name = next(name for name in names if _WHITESPACE.search(name))
                     raise ValueError(f"utterance id {name!r} contains whitespace; ids.txt needs one id per line")
-                ids_file.write(name + "\n")
-                for handle, row in zip(handles, labels):
-                    handle.write(" ".join(map(str, row.tolist())) + "\n")
-                count += 1
-                frames += len(labels[0])
+                ids_file.write("".join(name + "\n" for name in names))
+                for handle, labels in zip(handles, label_sets):
+                    handle.write(format_label_lines(labels, counts))
+                count += len(names)
+                frames += int(counts.sum())
     finally:
         for handle in handles:
             handle.close()

@@ -84,7 +84,7 @@ class KMeansModel:
                 "compute the same features the model was fitted on"
             )
         centroids = self.centroids.to(device=features.device, dtype=torch.float32)
-        labels, _ = nearest_centroids(features.float(), centroids, chunk_size)
+        labels, _ = nearest_centroids(features.float(), centroids, chunk_size, with_distances=False)
         return labels
 
     def save(self, directory: str | Path) -> Path:
@@ -129,31 +129,45 @@ def load_kmeans_models(path: str | Path) -> list[KMeansModel]:
 
 
 def nearest_centroids(
-    features: torch.Tensor, centroids: torch.Tensor, chunk_size: int = DISTANCE_CHUNK_FRAMES
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels (N,) int64 and squared distances (N,) float32 of (N, D) frames to (K, D) centres."""
+    features: torch.Tensor, centroids: torch.Tensor, chunk_size: int = DISTANCE_CHUNK_FRAMES,
+    feature_norms: torch.Tensor | None = None, with_distances: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Labels (N,) int64 and squared distances (N,) float32 of (N, D) frames to (K, D) centres.
+
+    ``feature_norms`` (N,) are the frames' squared norms when the caller already has them
+    (Lloyd passes reuse them); ``with_distances=False`` returns ``None`` for the distances and
+    skips computing them (labelling needs only the arg-min). Scores are computed block by
+    block into one reused (chunk, K) buffer and the labels written in place.
+    """
+    n = features.shape[0]
     centroid_norms = centroids.pow(2).sum(1)
-    labels, distances = [], []
-    for start in range(0, features.shape[0], chunk_size):
+    labels = torch.empty(n, dtype=torch.int64, device=features.device)
+    distances = torch.empty(n, dtype=features.dtype, device=features.device) if with_distances else None
+    scores = features.new_empty(min(n, chunk_size), centroids.shape[0])
+    for start in range(0, n, chunk_size):
         chunk = features[start : start + chunk_size]
-        scores = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2.0)  # (n, K) = ||c||² - 2 x·c
-        best, index = _row_minima(scores)
-        labels.append(index)
-        distances.append((best + chunk.pow(2).sum(1)).clamp_min(0.0))
-    return torch.cat(labels), torch.cat(distances)
+        stop = start + chunk.shape[0]
+        block = scores[: chunk.shape[0]]
+        torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2.0, out=block)  # (n, K) = ||c||² - 2 x·c
+        best = _row_minima(block, labels[start:stop], with_distances)
+        if distances is not None:
+            norms = feature_norms[start:stop] if feature_norms is not None else chunk.pow(2).sum(1)
+            torch.add(best, norms, out=distances[start:stop]).clamp_min_(0.0)
+    return labels, distances
 
 
-def _row_minima(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum (n,) and its first index (n,) int64 of each row of (n, K) scores.
+def _row_minima(scores: torch.Tensor, index: torch.Tensor, with_minima: bool = True) -> torch.Tensor | None:
+    """Writes each row's first arg-min of (n, K) ``scores`` into ``index`` (n,) int64; returns the minima.
 
     On the CPU NumPy's argmin plus a gather is about 4x faster than ``torch.min(dim=1)``
     (0.10 vs 0.37 ms for 4,096 x 100 scores on one core here), which made the arg-min cost
     as much as the distance matmul; other devices use ``torch.min``.
     """
     if scores.device.type != "cpu":
-        return scores.min(dim=1)
-    index = torch.from_numpy(scores.numpy().argmin(axis=1).astype(np.int64, copy=False))
-    return scores.gather(1, index[:, None]).squeeze(1), index
+        best, index[:] = scores.min(dim=1)
+        return best
+    np.argmin(scores.numpy(), axis=1, out=index.numpy())
+    return scores.gather(1, index[:, None]).squeeze(1) if with_minima else None
 
 
 def compute_inertia(features: torch.Tensor, centroids: torch.Tensor) -> float:
@@ -200,10 +214,11 @@ def _lloyd(
     k = centroids.shape[0]
     iterations = 0
     inertia = math.inf
+    norms = features.pow(2).sum(1)  # the same every pass
     for iterations in range(1, max_iter + 1):
-        labels, distances = nearest_centroids(features, centroids, chunk_size)
+        labels, distances = nearest_centroids(features, centroids, chunk_size, feature_norms=norms)
         inertia = float(distances.double().mean())
-        sums = torch.zeros_like(centroids).scatter_add_(0, labels[:, None].expand(-1, features.shape[1]), features)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, features)
         counts = torch.bincount(labels, minlength=k).to(features.dtype)
         empty = counts == 0
         centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
