@@ -93,6 +93,28 @@ def _conv_backward(grad: torch.Tensor, hidden: torch.Tensor, weight: torch.Tenso
     return grad_hidden, grad_weight, grad_bias
 
 
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense (B, C, 1, T) tensor, contiguous or channels-last, in memory order.
+
+    Elementwise kernels run fastest on it: on the 4-D channels-last layout (time-major with a
+    size-1 height) torch's GELU and its gradient take ~1.4x as long for the same elements.
+    """
+    return tensor.view(-1) if tensor.is_contiguous() else tensor.permute(0, 2, 3, 1).reshape(-1)
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    return tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)
+
+
+def _gelu(pre: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(pre)`` for a (B, C, 1, T) tensor, computed on its flat view; same layout as ``pre``."""
+    if not _dense(pre):
+        return F.gelu(pre)
+    out = torch.empty_like(pre)
+    torch.ops.aten.gelu.out(_flat(pre), out=_flat(out))
+    return out
+
+
 class _GeluConv(torch.autograd.Function):
     """``conv(gelu(pre))`` that saves only ``pre``: the GELU is recomputed in backward."""
 
@@ -100,14 +122,14 @@ class _GeluConv(torch.autograd.Function):
     def forward(ctx, pre, weight, bias, stride, channels_last):  # type: ignore[override]
         ctx.stride, ctx.has_bias, ctx.channels_last = stride, bias is not None, channels_last
         ctx.save_for_backward(pre, weight)
-        return _conv(F.gelu(pre), weight, bias, stride, channels_last)
+        return _conv(_gelu(pre), weight, bias, stride, channels_last)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         pre, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        hidden = F.gelu(pre)
+        hidden = _gelu(pre)
         grad_hidden, grad_weight, grad_bias = _conv_backward(
             grad, hidden, weight, ctx.has_bias, ctx.stride, ctx.channels_last, needs[:3])
         grad_pre = None
@@ -118,8 +140,11 @@ class _GeluConv(torch.autograd.Function):
 
 def _gelu_backward_into(grad: torch.Tensor, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``gelu_backward(grad, pre)`` written into ``out`` (same shape and layout as ``pre``; may be ``pre``)."""
-    return torch.ops.aten.gelu_backward.grad_input(
-        grad.contiguous(memory_format=_format(pre)), pre, approximate="none", grad_input=out)
+    grad = grad.contiguous(memory_format=_format(pre))
+    if not (_dense(pre) and out.stride() == pre.stride()):
+        return torch.ops.aten.gelu_backward.grad_input(grad, pre, approximate="none", grad_input=out)
+    torch.ops.aten.gelu_backward.grad_input(_flat(grad), _flat(pre), approximate="none", grad_input=_flat(out))
+    return out
 
 
 def _frames_view(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -153,7 +178,7 @@ class _GroupNormGeluConv(torch.autograd.Function):
         normed, mean, rstd = torch.native_group_norm(pre, norm_weight, norm_bias, batch, channels, frames, channels, eps)
         ctx.stride, ctx.has_bias, ctx.channels_last = stride, bias is not None, channels_last
         ctx.save_for_backward(pre, norm_weight, norm_bias, mean, rstd, weight)
-        return _conv(F.gelu(normed), weight, bias, stride, channels_last)
+        return _conv(_gelu(normed), weight, bias, stride, channels_last)
 
     @staticmethod
     @once_differentiable
