@@ -6,7 +6,9 @@ dump but computes the features twice. `fit_and_assign` does neither:
 
 1. one streaming pass computes the features group by group (`iter_feature_groups`), offers
    every group to a `FrameSampler` (the k-means sample: ``fraction`` and/or ``max_frames``)
-   and keeps the groups in a cache while it holds at most ``cache_mib`` MiB;
+   and keeps the groups in a cache while it holds at most ``cache_mib`` MiB (an extractor
+   with ``pack``/``unpack`` caches a compact form: MFCC keeps the 13 cepstra and recomputes
+   the deltas when labelling, which is exact and cheaper than touching 3x the memory);
 2. k-means is fitted on the sample, one model per K;
 3. the cached groups are labelled from the cache; only utterances that did not fit in the
    cache (the tail of a large corpus) are streamed again and their features recomputed.
@@ -114,9 +116,13 @@ def fit_and_assign(
     clock = _StageClock(stage_seconds)
     sampler = FrameSampler(fraction=fraction, max_frames=max_frames, seed=seed)
     cache = FeatureCache(limit_bytes=int(cache_mib * BYTES_PER_MIB))
-    for group in iter_feature_groups(data(), extractor, batch_seconds):
-        sampler.add(concatenate_frames(group[2]))
-        cache.offer(group)
+    pack = getattr(extractor, "pack", None)
+    for names, lengths, features in iter_feature_groups(data(), extractor, batch_seconds):
+        frames = concatenate_frames(features)
+        sampler.add(frames)
+        if pack is not None and cache.complete:
+            features = list(pack(frames).split([f.shape[0] for f in features]))
+        cache.offer((names, lengths, features))
     sample = sampler.sample()
     clock.lap("features")
     logger.info("sampled %d of %d frames for k-means", sample.shape[0], sampler.frames_seen)
@@ -129,9 +135,13 @@ def fit_and_assign(
     del sample
     clock.lap("fit")
     groups: Iterable[FeatureGroup] = cache.groups
+    if pack is not None:
+        groups = ((names, lengths, list(extractor.unpack(concatenate_frames(packed), [p.shape[0] for p in packed])
+                                        .split([p.shape[0] for p in packed])))
+                  for names, lengths, packed in cache.groups)
     if not cache.complete:
         rest = itertools.islice(data(), cache.num_utterances, None)
-        groups = itertools.chain(cache.groups, iter_feature_groups(rest, extractor, batch_seconds))
+        groups = itertools.chain(groups, iter_feature_groups(rest, extractor, batch_seconds))
     kmeans_paths = [str(kmeans_dir)] if kmeans_dir is not None else []
     metadata = write_label_groups(groups, extractor, models, labels_dir, kmeans_paths, data_spec)
     clock.lap("labels")

@@ -226,24 +226,27 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     return cepstra
 
 
-def _deltas_within_utterances(
-    features: torch.Tensor, counts: np.ndarray, window: int, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Deltas of (N, D) concatenated utterances of ``counts`` frames; each replicates its own edges.
+def _deltas_within_utterances(features: torch.Tensor, counts: np.ndarray, window: int) -> torch.Tensor:
+    """Deltas (N, D) of (N, D) concatenated utterances of ``counts`` frames; each replicates its own edges.
 
-    Interior frames come from shifted slices of the whole array; only the frames within
-    ``(window - 1) / 2`` of an utterance edge (4 per utterance for window 5) are recomputed
-    with clamped indices. ``out`` (same shape, may be a column slice) receives the result.
+    Interior frames come from shifted slices of the flattened array (contiguous, so each term
+    is one vectorised pass); only the frames within ``(window - 1) / 2`` of an utterance edge
+    (4 per utterance for window 5) are recomputed with clamped indices.
     """
     n = (window - 1) // 2
     denominator = n * (n + 1) * (2 * n + 1) / 3
-    length = features.shape[0]
-    delta = torch.zeros_like(features) if out is None else out.zero_()
-    # interior frames from shifted slices; the first/last n frames are utterance edges, fixed below
-    for offset in range(1, n + 1):
-        if length > 2 * n:
-            delta[n:-n].add_(features[n + offset : length - n + offset] - features[n - offset : length - n - offset],
-                             alpha=offset)
+    features = features.contiguous()
+    length, dim = features.shape
+    delta = torch.empty_like(features)
+    source, interior = features.view(-1), delta.view(-1)[n * dim : (length - n) * dim]
+    if length > 2 * n:  # rows [n, length - n); the first/last n rows are utterance edges, written below
+        for offset in range(1, n + 1):
+            ahead = source[(n + offset) * dim : (length - n + offset) * dim]
+            behind = source[(n - offset) * dim : (length - n - offset) * dim]
+            if offset == 1:
+                torch.sub(ahead, behind, out=interior)
+            else:
+                interior.add_(ahead - behind, alpha=offset)
     ends = np.cumsum(counts)
     starts = ends - counts
     near = np.arange(n)
@@ -255,13 +258,20 @@ def _deltas_within_utterances(
         row_index = torch.from_numpy(rows).to(features.device)
         first = torch.from_numpy(starts[owner]).to(features.device)
         last = torch.from_numpy(ends[owner] - 1).to(features.device)
-        edge = torch.zeros(len(rows), features.shape[1], device=features.device, dtype=features.dtype)
+        edge = torch.zeros(len(rows), dim, device=features.device, dtype=features.dtype)
         for offset in range(1, n + 1):
             ahead = torch.minimum(row_index + offset, last)
             behind = torch.maximum(row_index - offset, first)
             edge.add_(features[ahead] - features[behind], alpha=offset)
         delta[row_index] = edge
     return delta.div_(denominator)
+
+
+def mfcc_from_cepstra(cepstra: torch.Tensor, counts: list[int] | np.ndarray, config: MFCCConfig = MFCCConfig()) -> torch.Tensor:
+    """(N, 13) cepstra of consecutive utterances of ``counts`` frames -> (N, 39) with deltas and delta-deltas."""
+    counts = np.asarray(counts, dtype=np.int64)
+    delta = _deltas_within_utterances(cepstra, counts, config.delta_window)
+    return torch.cat([cepstra, delta, _deltas_within_utterances(delta, counts, config.delta_window)], dim=1)
 
 
 def compute_deltas(features: torch.Tensor, window: int = 5) -> torch.Tensor:
@@ -336,11 +346,7 @@ def compute_mfcc_batch(
     cepstra = _cepstra_of_all_hops(signal, frame_means, config, chunk_frames)
     valid = np.repeat(offsets[:-1] // shift - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
     valid += np.arange(int(counts.sum()))
-    features = torch.empty(int(counts.sum()), config.dim, device=target)
-    cepstra_part, delta_part, delta2_part = features.split(config.num_ceps, dim=1)
-    cepstra_part.copy_(cepstra[torch.from_numpy(valid).to(target)])
-    _deltas_within_utterances(cepstra_part, counts, config.delta_window, out=delta_part)
-    _deltas_within_utterances(delta_part, counts, config.delta_window, out=delta2_part)
+    features = mfcc_from_cepstra(cepstra[torch.from_numpy(valid).to(target)], counts, config)
     return list(torch.split(features, counts.tolist()))
 
 
@@ -368,3 +374,11 @@ class MFCCFeatureExtractor:
     def batch(self, waveforms: list[np.ndarray | torch.Tensor], utterance_ids: list[str]) -> list[torch.Tensor]:
         """List of (S_i,) waveforms -> list of (T_i, 39) features on ``self.device``."""
         return compute_mfcc_batch(waveforms, self.config, self.device, utterance_ids)
+
+    def pack(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 39) frames -> the (N, 13) cepstra, a third of the memory, for caching (see `unpack`)."""
+        return frames[:, : self.config.num_ceps].contiguous()
+
+    def unpack(self, cepstra: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """(N, 13) cepstra of utterances of ``counts`` frames -> the same (N, 39) frames `batch` gave."""
+        return mfcc_from_cepstra(cepstra, counts, self.config)
