@@ -225,3 +225,34 @@ def test_decoder_saved_in_a_model_directory_survives_a_move(vocabulary, lm_dir, 
         load_decoder(moved)
     with pytest.raises(FileNotFoundError, match="no saved decoder"):
         load_decoder(tmp_path)
+
+
+def test_beam_backends_score_a_word_by_the_sum_over_its_alignments(vocabulary, lm_dir):
+    # Two frames. Best single alignment: "I" ("I" then blank: 0.5 x 0.44 = 0.22). Summed over
+    # alignments, "A" wins: AA + A_ + _A = 0.3 x 0.46 + 0.3 x 0.44 + 0.2 x 0.46 = 0.362 against
+    # "I": II + I_ + _I = 0.05 + 0.22 + 0.02 = 0.29. Both words are in the LM; alpha = beta = 0.
+    index = {label: i for i, label in enumerate(vocabulary.labels) if label}
+    rows = np.full((2, vocabulary.size), 1e-6)
+    for frame, probabilities in enumerate(({"A": 0.3, "I": 0.5}, {"A": 0.46, "I": 0.1})):
+        for label, probability in probabilities.items():
+            rows[frame, index[label]] = probability
+        rows[frame, vocabulary.blank_index] += 1.0 - rows[frame].sum()
+    log_probs = np.log(rows).astype(np.float32)
+    for lookahead in ("max", "none"):
+        for backend in BEAM_BACKENDS:
+            spec = DecoderSpec(vocabulary.labels, backend, lm_path=lm_dir, alpha=0.0, beta=0.0, beam_width=32,
+                               lexicon_lookahead=lookahead)
+            assert build_decoder(spec).decode(log_probs).text == "A", (backend, lookahead)
+
+
+def test_lexicon_lookahead_modes(vocabulary, lm_dir, tmp_path):
+    with pytest.raises(ValueError, match="lexicon_lookahead"):
+        DecoderSpec(vocabulary.labels, "flashlight", lexicon_lookahead="smear")
+    text = "I DO NOT KNOW"
+    log_probs = spell(vocabulary, text, weak={text.index("KNOW"): 0.35})
+    spec = DecoderSpec(vocabulary.labels, "flashlight", lm_path=lm_dir, beam_width=16, lexicon_lookahead="none")
+    assert build_decoder(spec).decode(log_probs).text == text
+    from hfspeech.decoding.saving import load_decoder_spec, save_decoder
+
+    save_decoder(spec, tmp_path)
+    assert load_decoder_spec(tmp_path).lexicon_lookahead == "none"

@@ -16,6 +16,9 @@ def _add_decoder_arguments(parser: argparse.ArgumentParser, backends: tuple[str,
     parser.add_argument("--beam-width", type=int, default=50)
     parser.add_argument("--beam-prune-logp", type=float, default=-10.0)
     parser.add_argument("--token-min-logp", type=float, default=-5.0, help="pyctcdecode only")
+    parser.add_argument("--lexicon-lookahead", choices=("max", "none"), default="max",
+                        help="flashlight only: score partial words by their best unigram (max) or not at "
+                             "all (none: better for small closed-grammar LMs)")
     parser.add_argument("--unigrams", type=Path, default=None,
                         help="word list (default: unigrams.txt next to the LM)")
 
@@ -115,7 +118,7 @@ def _spec(args: argparse.Namespace, labels: tuple[str, ...], blank: int, seconds
         labels, backend=args.backend, blank_index=blank, lm_path=str(lm) if lm else None,
         unigrams_path=str(args.unigrams) if args.unigrams else None, alpha=alpha, beta=beta,
         beam_width=args.beam_width, beam_prune_logp=args.beam_prune_logp, token_min_logp=args.token_min_logp,
-        seconds_per_frame=seconds_per_frame,
+        lexicon_lookahead=args.lexicon_lookahead, seconds_per_frame=seconds_per_frame,
     )
 
 

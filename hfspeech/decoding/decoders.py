@@ -27,6 +27,7 @@ from hfspeech.decoding.timestamps import Transcription, spans_from_path
 from hfspeech.decoding.vocabulary import CTCVocabulary
 
 BACKENDS = ("greedy", "pyctcdecode", "flashlight")
+LEXICON_LOOKAHEADS = ("max", "none")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class DecoderSpec:
             flashlight expands every token and relies on ``beam_prune_logp``).
         unk_score_offset: log penalty for words outside the unigram list (pyctcdecode);
             flashlight cannot produce such words at all (lexicon search).
+        lexicon_lookahead: flashlight with an LM: how a partial word is scored while it is
+            being spelled. ``"max"``: by the best unigram it can still become (flashlight's
+            MAX smearing; prunes well with large vocabularies); ``"none"``: not at all, the
+            whole LM score comes when the word is complete (as in pyctcdecode; better when
+            unigram probabilities say little, e.g. small closed-grammar LMs). Tune it on dev.
         hotwords: words to boost (pyctcdecode only).
         hotword_weight: boost per hotword.
         seconds_per_frame: frame stride for timestamps (0.02 s for wav2vec 2.0/HuBERT).
@@ -63,6 +69,7 @@ class DecoderSpec:
     beam_prune_logp: float = -10.0
     token_min_logp: float = -5.0
     unk_score_offset: float = -10.0
+    lexicon_lookahead: str = "max"
     hotwords: tuple[str, ...] = field(default_factory=tuple)
     hotword_weight: float = 10.0
     seconds_per_frame: float = 0.02
@@ -76,6 +83,9 @@ class DecoderSpec:
             raise ValueError(f"DecoderSpec.beam_width={self.beam_width}; it must be >= 1.")
         if self.seconds_per_frame <= 0:
             raise ValueError(f"DecoderSpec.seconds_per_frame={self.seconds_per_frame}; it must be > 0.")
+        if self.lexicon_lookahead not in LEXICON_LOOKAHEADS:
+            raise ValueError(f"DecoderSpec.lexicon_lookahead={self.lexicon_lookahead!r}; choose one of "
+                             f"{LEXICON_LOOKAHEADS}.")
         if self.hotwords and self.backend != "pyctcdecode":
             raise ValueError("DecoderSpec.hotwords: only the pyctcdecode backend supports hotwords.")
 

@@ -117,7 +117,7 @@ def _decoder_section(model: ModelDirectory) -> list[str]:
     lines = ["## Language model", "", "`decoder_config.json` + `language_model/` hold the KenLM decoder:", "",
              "| setting | value |", "|---|---|"]
     for key in ("backend", "lm_path", "unigrams_path", "alpha", "beta", "beam_width", "beam_prune_logp",
-                "token_min_logp"):
+                "token_min_logp", "lexicon_lookahead"):
         if decoder.get(key) is not None:
             lines.append(f"| {key} | {decoder[key]} |")
     return lines
