@@ -10,8 +10,9 @@ and weak letters. The LM is a KenLM 4-gram built by ``build_language_model`` fro
 other 12 Gutenberg books (Persuasion excluded), so the test sentences are unseen by the LM.
 Test (every 3rd sentence) and dev (the sentence after each) sets are disjoint.
 
-Each backend's (alpha, beta) is tuned on the dev set (optuna, seeded; ``--tune-trials 0``
-uses --alpha/--beta for both). On the test set both beam backends get the same emissions,
+Each backend's (alpha, beta) is tuned on the dev set (optuna, seeded, or ``--grid N``;
+``--tune-trials 0`` uses --alpha/--beta for both); for flashlight the lexicon lookahead
+(``max`` or ``none``, see ``DecoderSpec.lexicon_lookahead``) is tuned on dev with them. On the test set both beam backends get the same emissions,
 beam width and pruning threshold; they decode single-process, alternating per utterance
 so background load hits both alike. Reported: utterances/s, real-time factor (decode time
 / simulated audio time at 20 ms per frame), WER/CER (also on the utterances whose words are
@@ -77,28 +78,39 @@ def simulated_cache(path: Path, sentences: list[str], vocabulary, seed: int, nam
 
 
 def split_cache(cache: EmissionsCache, parity: int) -> EmissionsCache:
-    """Every other utterance of ``cache`` (parity 0: even indices, 1: odd)."""
-    keep = range(parity, len(cache), 2)
+    """Every other *sentence* of ``cache`` (parity 0: the 1st, 3rd, ... distinct reference in order of
+    appearance; 1: the 2nd, 4th, ...), with all utterances of it: a sentence spoken by several voices
+    never lands on both sides of the dev/test split."""
+    rank: dict[str, int] = {}
+    for reference in cache.references:
+        rank.setdefault(reference, len(rank))
+    keep = [i for i, reference in enumerate(cache.references) if rank[reference] % 2 == parity]
     return EmissionsCache([cache.log_probs[i] for i in keep], [cache.references[i] for i in keep],
                           [cache.utterance_ids[i] for i in keep], cache.vocabulary, cache.seconds_per_frame,
-                          {**cache.metadata, "subset": f"{'even' if parity == 0 else 'odd'} utterances"})
+                          {**cache.metadata, "subset": f"{'even' if parity == 0 else 'odd'} sentences"})
 
 
-def grid_search(dev: EmissionsCache, backend: str, points: int, beam: int, base: dict) -> tuple[float, float]:
-    """Best (alpha, beta) on ``dev`` over a points x points grid of alpha in [0, 5], beta in [-5, 5]."""
+def lookaheads(backend: str) -> tuple[str, ...]:
+    """The lexicon lookahead modes tuned on dev (flashlight only; pyctcdecode has none)."""
+    return ("max", "none") if backend == "flashlight" else ("max",)
+
+
+def grid_search(dev: EmissionsCache, backend: str, points: int, beam: int, base: dict) -> tuple[float, float, str]:
+    """Best (alpha, beta, lookahead) on ``dev`` over a points x points grid of alpha in [0, 5], beta in [-5, 5]."""
     import numpy as np
 
     scored = []
-    for alpha in np.linspace(0.0, 5.0, points):
-        for beta in np.linspace(-5.0, 5.0, points):
-            decoder = build_decoder(DecoderSpec(backend=backend, beam_width=beam, alpha=float(alpha), beta=float(beta),
-                                                **base))
-            report = error_report(dev.references, [decoder.decode(item).text for item in dev.log_probs])
-            scored.append((report.wer, float(alpha), float(beta)))
-    wer, alpha, beta = min(scored)
-    print(f"{backend}: grid ({points}x{points}) on dev alpha={alpha:.2f} beta={beta:.2f} (dev WER {100 * wer:.2f}%)",
-          flush=True)
-    return alpha, beta
+    for lookahead in lookaheads(backend):
+        for alpha in np.linspace(0.0, 5.0, points):
+            for beta in np.linspace(-5.0, 5.0, points):
+                decoder = build_decoder(DecoderSpec(backend=backend, beam_width=beam, alpha=float(alpha),
+                                                    beta=float(beta), lexicon_lookahead=lookahead, **base))
+                report = error_report(dev.references, [decoder.decode(item).text for item in dev.log_probs])
+                scored.append((report.wer, float(alpha), float(beta), lookahead))
+    wer, alpha, beta, lookahead = min(scored)
+    print(f"{backend}: grid ({points}x{points}) on dev alpha={alpha:.2f} beta={beta:.2f} lookahead={lookahead} "
+          f"(dev WER {100 * wer:.2f}%)", flush=True)
+    return alpha, beta, lookahead
 
 
 def timed_side_by_side(decoders: dict, cache: EmissionsCache) -> dict[str, dict]:
@@ -139,7 +151,7 @@ def main() -> None:
     parser.add_argument("--lm-dir", type=Path, default=CACHE / "gutenberg_4gram")
     parser.add_argument("--real", action="store_true",
                         help="--emissions is a real model's cache and --lm-dir an LM built for its vocabulary; "
-                             "odd utterances tune alpha/beta, even ones are the test set")
+                             "odd sentences tune alpha/beta, even ones are the test set")
     parser.add_argument("--utterances", type=int, default=200)
     parser.add_argument("--dev-utterances", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
@@ -158,7 +170,7 @@ def main() -> None:
 
     if args.real:
         # Real emissions of a fine-tuned model (e.g. runs/reproduce/decode_*/emissions.npz) and an LM
-        # built for its vocabulary: even utterances are the test set, odd ones tune alpha/beta.
+        # built for its vocabulary: even sentences are the test set, odd ones tune alpha/beta.
         cache = EmissionsCache.load(args.emissions)
         vocabulary = cache.vocabulary
         lm_dir = args.lm_dir
@@ -179,27 +191,33 @@ def main() -> None:
     base = dict(labels=vocabulary.labels, blank_index=vocabulary.blank_index, beam_prune_logp=args.beam_prune_logp, token_min_logp=args.token_min_logp,
                 seconds_per_frame=test.seconds_per_frame, lm_path=str(lm_dir))
 
-    weights = {backend: (args.alpha, args.beta) for backend in ("pyctcdecode", "flashlight")}
+    weights = {backend: (args.alpha, args.beta, "max") for backend in ("pyctcdecode", "flashlight")}
     if args.grid:
         for backend in weights:
             weights[backend] = grid_search(dev, backend, args.grid, args.tune_beam, base)
     elif args.tune_trials:
         for backend in weights:
-            spec = DecoderSpec(backend=backend, beam_width=args.tune_beam, alpha=args.alpha, beta=args.beta, **base)
-            tuned = tune_lm_weights(dev, spec, num_trials=args.tune_trials, seed=args.seed)
-            weights[backend] = (tuned.alpha, tuned.beta)
-            print(f"{backend}: tuned on dev alpha={tuned.alpha:.3f} beta={tuned.beta:.3f} "
+            results = []
+            for lookahead in lookaheads(backend):
+                spec = DecoderSpec(backend=backend, beam_width=args.tune_beam, alpha=args.alpha, beta=args.beta,
+                                   lexicon_lookahead=lookahead, **base)
+                tuned = tune_lm_weights(dev, spec, num_trials=args.tune_trials, seed=args.seed)
+                results.append((tuned.wer, lookahead, tuned))
+            _, lookahead, tuned = min(results, key=lambda item: item[0])
+            weights[backend] = (tuned.alpha, tuned.beta, lookahead)
+            print(f"{backend}: tuned on dev alpha={tuned.alpha:.3f} beta={tuned.beta:.3f} lookahead={lookahead} "
                   f"(dev WER {100 * tuned.wer:.2f}%, defaults {100 * tuned.default_wer:.2f}%)", flush=True)
 
     greedy = timed_side_by_side({"greedy": build_decoder(DecoderSpec(vocabulary.labels))}, test)["greedy"]
     rows = [{**greedy, "beam": 1, "weights": "-"}]
     for beam in args.beams:
         decoders = {backend: build_decoder(DecoderSpec(backend=backend, beam_width=beam, alpha=alpha, beta=beta,
-                                                       **base))
-                    for backend, (alpha, beta) in weights.items()}
+                                                       lexicon_lookahead=lookahead, **base))
+                    for backend, (alpha, beta, lookahead) in weights.items()}
         results = timed_side_by_side(decoders, test)
         for backend, row in results.items():
-            row.update(beam=beam, weights=f"{weights[backend][0]:.2f}/{weights[backend][1]:.2f}")
+            row.update(beam=beam, weights=f"{weights[backend][0]:.2f}/{weights[backend][1]:.2f}"
+                       + (f" ({weights[backend][2]})" if backend == "flashlight" else ""))
             row["speedup"] = results["pyctcdecode"]["seconds"] / row["seconds"]
             rows.append(row)
             print({key: value for key, value in row.items() if key != "texts"}, flush=True)

@@ -70,23 +70,32 @@ def synthesize(text: str, voice: str, wav_path: Path, stretch: float, pitch: flo
     return segments
 
 
-def build_corpus(output_dir: Path, train_sentences: int = 160, dev_sentences: int = 40, seed: int = 0) -> dict:
+def build_corpus(output_dir: Path, train_sentences: int = 160, dev_sentences: int = 40, seed: int = 0,
+                 dev_voices: tuple[str, ...] = (DEV_VOICE,), exclude_dev: frozenset[str] = frozenset()) -> dict:
     """Write ``train/`` and ``dev/`` audiofolders (metadata.csv + FLAC) and ``alignments/*.phn``.
 
     Every training sentence is spoken by each training voice; dev sentences (new draws from
-    the grammar) by the held-out voice. Returns counts and durations.
+    the grammar) by each of ``dev_voices`` (default: the held-out voice). Dev sentences in
+    ``exclude_dev`` (e.g. another corpus's training transcripts) are drawn again.
+    Returns counts and durations.
     """
     rng = random.Random(seed)
     alignments = output_dir / "alignments"
     alignments.mkdir(parents=True, exist_ok=True)
     summary = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for split, voices, count in (("train", TRAIN_VOICES, train_sentences), ("dev", (DEV_VOICE,), dev_sentences)):
+        for split, voices, count in (("train", TRAIN_VOICES, train_sentences), ("dev", tuple(dev_voices), dev_sentences)):
             folder = output_dir / split
             folder.mkdir(parents=True, exist_ok=True)
             rows, seconds = [], 0.0
             for number in range(count):
                 text = random_sentence(rng)
+                for _ in range(10_000):
+                    if split != "dev" or text not in exclude_dev:
+                        break
+                    text = random_sentence(rng)
+                else:
+                    raise ValueError("every dev sentence drawn is in exclude_dev: the grammar has too few others.")
                 for voice in voices:
                     name = f"{split}-{voice}-{number:04d}"
                     wav = Path(scratch) / f"{name}.wav"
