@@ -27,6 +27,7 @@ recipe) takes about 4.5 us (benchmarks/RESULTS.md). Runs on ``device`` (GPU when
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -113,6 +114,26 @@ def _constants(config: MFCCConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         torch.from_numpy(dct[:, : config.num_ceps].copy()),
         torch.from_numpy(lifter),
     )
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(name: str, shape: tuple[int, ...], device: torch.device, zero: bool = False) -> torch.Tensor:
+    """A float32 tensor of ``shape`` reused by later calls in this thread (contents undefined unless
+    ``zero``: then zeroed when first allocated only).
+
+    One 200 s group needs ~17 MB of scratch (signal, FFT buffer, cepstra of every hop);
+    allocating it afresh per group made the process fault the pages in again and again (glibc
+    hands large freed blocks back to the kernel), which cost more than the zeroing itself.
+    """
+    key = (name, device, shape[1:])
+    buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(key)
+    if buffer is None or buffer.shape[0] < shape[0]:
+        buffer = (torch.zeros if zero else torch.empty)((max(shape[0], 1),) + shape[1:], device=device)
+        buffers[key] = buffer
+    return buffer[: shape[0]]
 
 
 def _frame_means(signal: torch.Tensor, num_hops: int, config: MFCCConfig) -> torch.Tensor:
@@ -202,15 +223,18 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     first_samples = signal[: num_hops * shift : shift]  # s[t] of every frame
     offsets = frame_means * (1.0 - alpha)
     fix_first_sample = bool(window[0] != 0)  # the Povey window is 0 there, so y[0] never counts
-    cepstra = torch.empty(num_hops, config.num_ceps, device=device)
-    buffer = torch.zeros(min(num_hops, chunk_frames), config.fft_size, device=device)
-    emphasized = torch.zeros((buffer.shape[0] - 1) * shift + size, device=device)
-    mel = torch.empty(config.num_mel_bins, buffer.shape[0], device=device)
+    cepstra = _workspace("cepstra", (num_hops, config.num_ceps), device)  # the caller gathers what it needs
+    chunk = min(num_hops, chunk_frames)
+    # columns size.. of the FFT buffer are the zero padding: written nowhere, zeroed once
+    buffer = _workspace(f"fft{size}", (chunk_frames, config.fft_size), device, zero=True)[:chunk]
+    emphasized = _workspace("emphasized", ((chunk - 1) * shift + size,), device)
+    emphasized[0] = 0.0  # never written: y[0] is recomputed below or multiplied by a zero window
+    mel = torch.empty(config.num_mel_bins, chunk, device=device)
     floor = torch.finfo(torch.float32).eps
     for start in range(0, num_hops, buffer.shape[0]):
         stop = min(start + buffer.shape[0], num_hops)
         segment = signal[start * shift : (stop - 1) * shift + size]
-        torch.sub(segment[1:], segment[:-1], alpha=alpha, out=emphasized[1 : len(segment)])  # [0]: see y[0]
+        torch.sub(segment[1:], segment[:-1], alpha=alpha, out=emphasized[1 : len(segment)])
         frames = buffer[: stop - start]
         samples = frames[:, :size]  # the padding columns stay zero
         torch.sub(emphasized[: len(segment)].unfold(0, size, shift), offsets[start:stop, None], out=samples)
@@ -223,6 +247,7 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
             torch.mm(weights, squares[:, low:high].T, out=log_mel[first:last])
         log_mel.clamp_min_(floor).log_()  # (M, chunk)
         torch.mm(log_mel.T, dct_lifted, out=cepstra[start:stop])
+        del squares  # free the spectrum before the next one is allocated, so its memory is reused
     return cepstra
 
 
@@ -334,9 +359,11 @@ def compute_mfcc_batch(
     counts = np.array([num_mfcc_frames(len(a), config) for a in arrays])
     lengths = np.array([len(a) for a in arrays])
     offsets = np.concatenate([[0], np.cumsum(-(-lengths // shift) * shift)])
-    signal = np.zeros(offsets[-1] + size, dtype=np.float32)
-    for array, offset in zip(arrays, offsets):
+    signal = _workspace("signal", (offsets[-1] + size,), torch.device("cpu")).numpy()
+    for array, offset, stop in zip(arrays, offsets, offsets[1:]):
         signal[offset : offset + len(array)] = array
+        signal[offset + len(array) : stop] = 0.0  # up to the next hop boundary
+    signal[offsets[-1] :] = 0.0
     signal = torch.from_numpy(signal).to(target)
     frame_means = _frame_means(signal, offsets[-1] // shift, config)
     if not torch.isfinite(frame_means).all():  # every sample lies in some block sum of _frame_means
