@@ -108,7 +108,8 @@ def grid_search(dev: EmissionsCache, backend: str, points: int, beam: int, base:
                 report = error_report(dev.references, [decoder.decode(item).text for item in dev.log_probs])
                 scored.append((report.wer, float(alpha), float(beta), lookahead))
     wer, alpha, beta, lookahead = min(scored)
-    print(f"{backend}: grid ({points}x{points}) on dev alpha={alpha:.2f} beta={beta:.2f} lookahead={lookahead} "
+    shown = f" lookahead={lookahead}" if backend == "flashlight" else ""
+    print(f"{backend}: grid ({points}x{points}) on dev alpha={alpha:.2f} beta={beta:.2f}{shown} "
           f"(dev WER {100 * wer:.2f}%)", flush=True)
     return alpha, beta, lookahead
 
@@ -205,7 +206,8 @@ def main() -> None:
                 results.append((tuned.wer, lookahead, tuned))
             _, lookahead, tuned = min(results, key=lambda item: item[0])
             weights[backend] = (tuned.alpha, tuned.beta, lookahead)
-            print(f"{backend}: tuned on dev alpha={tuned.alpha:.3f} beta={tuned.beta:.3f} lookahead={lookahead} "
+            shown = f" lookahead={lookahead}" if backend == "flashlight" else ""
+            print(f"{backend}: tuned on dev alpha={tuned.alpha:.3f} beta={tuned.beta:.3f}{shown} "
                   f"(dev WER {100 * tuned.wer:.2f}%, defaults {100 * tuned.default_wer:.2f}%)", flush=True)
 
     greedy = timed_side_by_side({"greedy": build_decoder(DecoderSpec(vocabulary.labels))}, test)["greedy"]
