@@ -12,8 +12,8 @@ Test (every 3rd sentence) and dev (the sentence after each) sets are disjoint.
 
 Each backend's (alpha, beta) is tuned on the dev set (optuna, seeded, or ``--grid N``;
 ``--tune-trials 0`` uses --alpha/--beta for both); for flashlight the lexicon lookahead
-(``max`` or ``none``, see ``DecoderSpec.lexicon_lookahead``) is tuned on dev with them. On the test set both beam backends get the same emissions,
-beam width and pruning threshold; they decode single-process, alternating per utterance
+(``max`` or ``none``, see ``DecoderSpec.lexicon_lookahead``) is tuned on dev with them. On
+the test set both beam backends get the same emissions, beam width and pruning threshold; they decode single-process, alternating per utterance
 so background load hits both alike. Reported: utterances/s, real-time factor (decode time
 / simulated audio time at 20 ms per frame), WER/CER (also on the utterances whose words are
 all in the LM vocabulary: flashlight's lexicon search cannot output other words), and the
@@ -198,13 +198,9 @@ def main() -> None:
             weights[backend] = grid_search(dev, backend, args.grid, args.tune_beam, base)
     elif args.tune_trials:
         for backend in weights:
-            results = []
-            for lookahead in lookaheads(backend):
-                spec = DecoderSpec(backend=backend, beam_width=args.tune_beam, alpha=args.alpha, beta=args.beta,
-                                   lexicon_lookahead=lookahead, **base)
-                tuned = tune_lm_weights(dev, spec, num_trials=args.tune_trials, seed=args.seed)
-                results.append((tuned.wer, lookahead, tuned))
-            _, lookahead, tuned = min(results, key=lambda item: item[0])
+            spec = DecoderSpec(backend=backend, beam_width=args.tune_beam, alpha=args.alpha, beta=args.beta, **base)
+            tuned = tune_lm_weights(dev, spec, num_trials=args.tune_trials, seed=args.seed)  # flashlight: both lookaheads
+            lookahead = tuned.lexicon_lookahead
             weights[backend] = (tuned.alpha, tuned.beta, lookahead)
             shown = f" lookahead={lookahead}" if backend == "flashlight" else ""
             print(f"{backend}: tuned on dev alpha={tuned.alpha:.3f} beta={tuned.beta:.3f}{shown} "

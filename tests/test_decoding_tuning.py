@@ -105,9 +105,13 @@ def test_tuning_beats_the_default_weights(vocabulary, lm_dir, dev_set, tmp_path)
     texts = [build_decoder(spec).decode(x).text for x in dev_set.log_probs]
     assert result.default_wer == pytest.approx(jiwer.wer(dev_set.references, texts))
     assert result.wer < result.default_wer < result.greedy_wer
-    assert 0.0 <= result.alpha <= 5.0 and -5.0 <= result.beta <= 5.0 and len(result.trials) == 12
-    # The reported best WER is what decoding with the best weights gives.
-    tuned = build_decoder(spec.with_weights(result.alpha, result.beta))
+    assert 0.0 <= result.alpha <= 5.0 and -5.0 <= result.beta <= 5.0
+    # flashlight: 12 trials per lexicon lookahead mode, the spec's own ("max") first.
+    assert [t.lexicon_lookahead for t in result.trials] == ["max"] * 12 + ["none"] * 12
+    assert result.wer == min(t.wer for t in result.trials)
+    # The reported best WER is what decoding with the best weights (and lookahead) gives.
+    tuned = build_decoder(result.apply(spec))
+    assert tuned.spec.lexicon_lookahead == result.lexicon_lookahead
     assert jiwer.wer(dev_set.references, [tuned.decode(x).text for x in dev_set.log_probs]) == \
         pytest.approx(result.wer)
     saved = json.loads(result.to_json(tmp_path / "best.json").read_text())

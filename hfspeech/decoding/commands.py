@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     decode.add_argument("emissions", type=Path)
     decode.add_argument("--lm", type=Path, default=None, help="LM directory/file (none: no LM)")
-    decode.add_argument("--weights", type=Path, default=None, help="JSON from `hfspeech lm tune`")
+    decode.add_argument("--weights", type=Path, default=None, help="JSON from `hfspeech lm tune`: its alpha, beta and (flashlight) lookahead")
     decode.add_argument("--alpha", type=float, default=0.5)
     decode.add_argument("--beta", type=float, default=1.0)
     decode.add_argument("--workers", type=int, default=1)
@@ -149,11 +149,12 @@ def run_tune(args: argparse.Namespace) -> int:
                              num_workers=args.workers)
     result.to_json(output)
     print(result.table())
-    print(f"best alpha={result.alpha:.4f} beta={result.beta:.4f} WER {100 * result.wer:.2f}% -> {output}")
+    shown = f" lookahead={result.lexicon_lookahead}" if spec.backend == "flashlight" else ""
+    print(f"best alpha={result.alpha:.4f} beta={result.beta:.4f}{shown} WER {100 * result.wer:.2f}% -> {output}")
     if model_dir is not None:
         from hfspeech.processing.processor_with_lm import attach_language_model
 
-        attach_language_model(model_dir, spec.with_weights(result.alpha, result.beta))
+        attach_language_model(model_dir, result.apply(spec))
         print(f"saved the {spec.backend} decoder with the LM and these weights into {model_dir}")
     return 0
 
@@ -171,6 +172,8 @@ def run_decode(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--weights {args.weights} does not exist; write it with `hfspeech lm tune`.")
         weights = json.loads(args.weights.read_text(encoding="utf-8"))
         alpha, beta = float(weights["alpha"]), float(weights["beta"])
+        if weights.get("backend") == "flashlight" and "lexicon_lookahead" in weights:
+            args.lexicon_lookahead = weights["lexicon_lookahead"]
     if args.backend != "greedy" and args.lm is None:
         logger.info("no --lm: %s searches without a language model", args.backend)
     spec = _spec(args, cache.vocabulary.labels, cache.vocabulary.blank_index, cache.seconds_per_frame,
