@@ -303,7 +303,8 @@ def fit_kmeans(
     if not 1 <= k <= features.shape[0]:
         raise ValueError(f"K={k} clusters but only {features.shape[0]} frames to fit on; use K <= number of "
                          "frames (more data, a larger sampling fraction, or a smaller K)")
-    if not torch.isfinite(features).all():
+    # a NaN or inf frame makes the sum non-finite; only then (or on overflow) check frame by frame
+    if not math.isfinite(float(features.sum())) and not torch.isfinite(features).all():
         raise ValueError("k-means features contain NaN or inf values")
     start = time.perf_counter()
     if backend == "torch":

@@ -220,34 +220,41 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     blocks = [(first, stop, low, high, weights.to(device)) for first, stop, low, high, weights in blocks]
     size, shift, alpha = config.window_size, config.window_shift, config.preemphasis
     num_hops = frame_means.shape[0]
-    first_samples = signal[: num_hops * shift : shift]  # s[t] of every frame
-    offsets = frame_means * (1.0 - alpha)
+    offsets = (frame_means * (1.0 - alpha))[:, None]
+    # pre-emphasised signal e[j] = s[j] - a s[j-1], once for the whole signal; e[0] is never used
+    emphasized = _workspace("emphasized", (len(signal),), device)
+    emphasized[0] = 0.0
+    torch.sub(signal[1:], signal[:-1], alpha=alpha, out=emphasized[1:])
+    all_frames = emphasized.unfold(0, size, shift)  # (>= H, W) strided view, frame t at hop t
     fix_first_sample = bool(window[0] != 0)  # the Povey window is 0 there, so y[0] never counts
+    first_samples = signal[: num_hops * shift : shift]  # s[t] of every frame
     cepstra = _workspace("cepstra", (num_hops, config.num_ceps), device)  # the caller gathers what it needs
     chunk = min(num_hops, chunk_frames)
     # columns size.. of the FFT buffer are the zero padding: written nowhere, zeroed once
     buffer = _workspace(f"fft{size}", (chunk_frames, config.fft_size), device, zero=True)[:chunk]
-    emphasized = _workspace("emphasized", ((chunk - 1) * shift + size,), device)
-    emphasized[0] = 0.0  # never written: y[0] is recomputed below or multiplied by a zero window
     mel = torch.empty(config.num_mel_bins, chunk, device=device)
     floor = torch.finfo(torch.float32).eps
-    for start in range(0, num_hops, buffer.shape[0]):
-        stop = min(start + buffer.shape[0], num_hops)
-        segment = signal[start * shift : (stop - 1) * shift + size]
-        torch.sub(segment[1:], segment[:-1], alpha=alpha, out=emphasized[1 : len(segment)])
-        frames = buffer[: stop - start]
-        samples = frames[:, :size]  # the padding columns stay zero
-        torch.sub(emphasized[: len(segment)].unfold(0, size, shift), offsets[start:stop, None], out=samples)
+    full_views = (buffer[:, :size], mel.T, [mel[first:last] for first, last, _, _, _ in blocks])
+    for start in range(0, num_hops, chunk):
+        stop = min(start + chunk, num_hops)
+        if stop - start == chunk:  # views of the scratch buffers made once
+            samples, log_mel_t, mel_rows = full_views
+            log_mel = mel
+        else:
+            samples = buffer[: stop - start, :size]  # the padding columns stay zero
+            log_mel = mel[:, : stop - start]
+            log_mel_t, mel_rows = log_mel.T, [log_mel[first:last] for first, last, _, _, _ in blocks]
+        torch.sub(all_frames[start:stop], offsets[start:stop], out=samples)
         if fix_first_sample:
             samples[:, 0] = (first_samples[start:stop] - frame_means[start:stop]) * (1.0 - alpha)
         samples *= window
-        squares = torch.view_as_real(torch.fft.rfft(frames)).square_().view(stop - start, -1)  # re², im² interleaved
-        log_mel = mel[:, : stop - start]
-        for first, last, low, high, weights in blocks:
-            torch.mm(weights, squares[:, low:high].T, out=log_mel[first:last])
+        spectrum = torch.fft.rfft(buffer[: stop - start])
+        squares = torch.view_as_real(spectrum).square_().view(stop - start, -1).T  # (2 (F/2+1), chunk): re², im²
+        for rows, (_, _, low, high, weights) in zip(mel_rows, blocks):
+            torch.mm(weights, squares[low:high], out=rows)
         log_mel.clamp_min_(floor).log_()  # (M, chunk)
-        torch.mm(log_mel.T, dct_lifted, out=cepstra[start:stop])
-        del squares  # free the spectrum before the next one is allocated, so its memory is reused
+        torch.mm(log_mel_t, dct_lifted, out=cepstra[start:stop])
+        del spectrum, squares  # free the spectrum before the next one is allocated, so its memory is reused
     return cepstra
 
 
