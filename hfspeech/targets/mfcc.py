@@ -130,8 +130,9 @@ def _workspace(name: str, shape: tuple[int, ...], device: torch.device, zero: bo
     key = (name, device, shape[1:])
     buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
     buffer = buffers.get(key)
-    if buffer is None or buffer.shape[0] < shape[0]:
-        buffer = (torch.zeros if zero else torch.empty)((max(shape[0], 1),) + shape[1:], device=device)
+    if buffer is None or buffer.shape[0] < shape[0]:  # with headroom: group sizes vary a little
+        rows = max(shape[0] * 5 // 4, 1 if buffer is None else buffer.shape[0] * 5 // 4)
+        buffer = (torch.zeros if zero else torch.empty)((rows,) + shape[1:], device=device)
         buffers[key] = buffer
     return buffer[: shape[0]]
 
@@ -221,30 +222,34 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     size, shift, alpha = config.window_size, config.window_shift, config.preemphasis
     num_hops = frame_means.shape[0]
     offsets = (frame_means * (1.0 - alpha))[:, None]
-    # pre-emphasised signal e[j] = s[j] - a s[j-1], once for the whole signal; e[0] is never used
-    emphasized = _workspace("emphasized", (len(signal),), device)
-    emphasized[0] = 0.0
-    torch.sub(signal[1:], signal[:-1], alpha=alpha, out=emphasized[1:])
-    all_frames = emphasized.unfold(0, size, shift)  # (>= H, W) strided view, frame t at hop t
     fix_first_sample = bool(window[0] != 0)  # the Povey window is 0 there, so y[0] never counts
     first_samples = signal[: num_hops * shift : shift]  # s[t] of every frame
     cepstra = _workspace("cepstra", (num_hops, config.num_ceps), device)  # the caller gathers what it needs
     chunk = min(num_hops, chunk_frames)
     # columns size.. of the FFT buffer are the zero padding: written nowhere, zeroed once
     buffer = _workspace(f"fft{size}", (chunk_frames, config.fft_size), device, zero=True)[:chunk]
+    # the pre-emphasised signal e[j] = s[j] - a s[j-1] of one chunk's stretch (e[0] is never used)
+    emphasized = _workspace("emphasized", ((chunk - 1) * shift + size,), device)
+    emphasized[0] = 0.0
+    current, previous = signal[1:], signal[:-1]
     mel = torch.empty(config.num_mel_bins, chunk, device=device)
     floor = torch.finfo(torch.float32).eps
-    full_views = (buffer[:, :size], mel.T, [mel[first:last] for first, last, _, _, _ in blocks])
+    full_views = (emphasized[1:], emphasized.unfold(0, size, shift), buffer[:, :size], mel.T,
+                  [mel[first:last] for first, last, _, _, _ in blocks])
     for start in range(0, num_hops, chunk):
         stop = min(start + chunk, num_hops)
         if stop - start == chunk:  # views of the scratch buffers made once
-            samples, log_mel_t, mel_rows = full_views
+            emphasized_out, frames, samples, log_mel_t, mel_rows = full_views
             log_mel = mel
         else:
+            emphasized_out = emphasized[1 : (stop - start - 1) * shift + size]
+            frames = emphasized[: (stop - start - 1) * shift + size].unfold(0, size, shift)
             samples = buffer[: stop - start, :size]  # the padding columns stay zero
             log_mel = mel[:, : stop - start]
             log_mel_t, mel_rows = log_mel.T, [log_mel[first:last] for first, last, _, _, _ in blocks]
-        torch.sub(all_frames[start:stop], offsets[start:stop], out=samples)
+        stretch = slice(start * shift, (stop - 1) * shift + size - 1)
+        torch.sub(current[stretch], previous[stretch], alpha=alpha, out=emphasized_out)
+        torch.sub(frames, offsets[start:stop], out=samples)
         if fix_first_sample:
             samples[:, 0] = (first_samples[start:stop] - frame_means[start:stop]) * (1.0 - alpha)
         samples *= window
