@@ -263,27 +263,31 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     return cepstra
 
 
-def _deltas_within_utterances(features: torch.Tensor, counts: np.ndarray, window: int) -> torch.Tensor:
+def _deltas_within_utterances(
+    features: torch.Tensor, counts: np.ndarray, window: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Deltas (N, D) of (N, D) concatenated utterances of ``counts`` frames; each replicates its own edges.
 
     Interior frames come from shifted slices of the flattened array (contiguous, so each term
     is one vectorised pass); only the frames within ``(window - 1) / 2`` of an utterance edge
-    (4 per utterance for window 5) are recomputed with clamped indices.
+    (4 per utterance for window 5) are recomputed with clamped indices. ``out``: a contiguous
+    (N, D) tensor to write into (the temporaries come from the thread's scratch then).
     """
     n = (window - 1) // 2
     denominator = n * (n + 1) * (2 * n + 1) / 3
     features = features.contiguous()
     length, dim = features.shape
-    delta = torch.empty_like(features)
+    delta = torch.empty_like(features) if out is None else out
     source, interior = features.view(-1), delta.view(-1)[n * dim : (length - n) * dim]
     if length > 2 * n:  # rows [n, length - n); the first/last n rows are utterance edges, written below
+        term = None if out is None else _workspace("delta term", (interior.shape[0],), features.device)
         for offset in range(1, n + 1):
             ahead = source[(n + offset) * dim : (length - n + offset) * dim]
             behind = source[(n - offset) * dim : (length - n - offset) * dim]
             if offset == 1:
                 torch.sub(ahead, behind, out=interior)
             else:
-                interior.add_(ahead - behind, alpha=offset)
+                interior.add_(ahead - behind if term is None else torch.sub(ahead, behind, out=term), alpha=offset)
     ends = np.cumsum(counts)
     starts = ends - counts
     near = np.arange(n)
@@ -307,8 +311,10 @@ def _deltas_within_utterances(features: torch.Tensor, counts: np.ndarray, window
 def mfcc_from_cepstra(cepstra: torch.Tensor, counts: list[int] | np.ndarray, config: MFCCConfig = MFCCConfig()) -> torch.Tensor:
     """(N, 13) cepstra of consecutive utterances of ``counts`` frames -> (N, 39) with deltas and delta-deltas."""
     counts = np.asarray(counts, dtype=np.int64)
-    delta = _deltas_within_utterances(cepstra, counts, config.delta_window)
-    return torch.cat([cepstra, delta, _deltas_within_utterances(delta, counts, config.delta_window)], dim=1)
+    shape, device = tuple(cepstra.shape), cepstra.device
+    delta = _deltas_within_utterances(cepstra, counts, config.delta_window, out=_workspace("delta", shape, device))
+    delta2 = _deltas_within_utterances(delta, counts, config.delta_window, out=_workspace("delta2", shape, device))
+    return torch.cat([cepstra, delta, delta2], dim=1)
 
 
 def compute_deltas(features: torch.Tensor, window: int = 5) -> torch.Tensor:
