@@ -354,16 +354,17 @@ def compute_mfcc_batch(
     Raises:
         ValueError: a waveform that is not 1-D, not finite, or shorter than one 25 ms window.
     """
+    size, shift = config.window_size, config.window_shift
     arrays: list[np.ndarray] = []
     for index, waveform in enumerate(waveforms):
-        name = utterance_ids[index] if utterance_ids is not None else f"#{index}"
         array = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
-        if array.ndim != 1:
-            raise ValueError(f"utterance {name}: expected a mono (S,) waveform, got shape {tuple(array.shape)}; "
-                             "mix channels down before computing MFCC")
-        if array.shape[0] < config.window_size:
+        if array.ndim != 1 or array.shape[0] < size:
+            name = utterance_ids[index] if utterance_ids is not None else f"#{index}"
+            if array.ndim != 1:
+                raise ValueError(f"utterance {name}: expected a mono (S,) waveform, got shape {tuple(array.shape)}; "
+                                 "mix channels down before computing MFCC")
             raise ValueError(f"utterance {name}: {array.shape[0]} samples is shorter than one "
-                             f"{config.frame_length_ms} ms window ({config.window_size} samples); drop it from the data")
+                             f"{config.frame_length_ms} ms window ({size} samples); drop it from the data")
         arrays.append(array)
     if not arrays:
         return []
@@ -371,11 +372,10 @@ def compute_mfcc_batch(
         target = torch.device(device)
     else:
         target = waveforms[0].device if isinstance(waveforms[0], torch.Tensor) else torch.device("cpu")
-    size, shift = config.window_size, config.window_shift
     # One signal, every utterance starting on a multiple of the hop, so one unfold frames them
     # all. Frames that straddle two utterances (about 2 per utterance) are computed and dropped.
-    counts = np.array([num_mfcc_frames(len(a), config) for a in arrays])
     lengths = np.array([len(a) for a in arrays])
+    counts = 1 + (lengths - size) // shift  # num_mfcc_frames (every utterance holds a window)
     offsets = np.concatenate([[0], np.cumsum(-(-lengths // shift) * shift)])
     signal = _workspace("signal", (offsets[-1] + size,), torch.device("cpu")).numpy()
     for array, offset, stop in zip(arrays, offsets, offsets[1:]):
