@@ -223,5 +223,6 @@ def test_reuse_freed_memory_stops_fresh_page_faults_and_can_be_switched_off(opt_
     pages = 5 * (64 << 20) // 4096
     if opt_out:  # glibc maps and unmaps the 64 MiB block each time: a fault per page
         assert applied == "False" and int(faults) > pages // 2
-    else:  # the freed block is reused: no fresh pages
-        assert applied == "True" and int(faults) < pages // 20
+    else:  # the freed block is reused: no fresh pages (now and then glibc places one of the five
+        # blocks afresh, 16,384 faults: measured 0 or one block's worth in repeated runs)
+        assert applied == "True" and int(faults) <= pages // 5
