@@ -5,11 +5,14 @@
 Stages (each cached in OUTPUT/<stage>/result.json, so a re-run reuses finished ones):
   1. corpus    flite speaks spoken-command sentences (3 training voices, 1 held-out dev voice)
                with phone alignments                          -> hfspeech.demo_corpus
+               plus a second test set: new sentences (none in the training transcripts)
+               spoken by the training voices
   2. labels    39-dim MFCC -> k-means K=100 -> frame labels; PNMI against the phone alignments
   3. pretrain  HuBERT pretraining of a small model on those labels
   4. finetune  CTC fine-tuning from the HuBERT model on the training transcripts
   5. lm        KenLM 4-gram on the training transcripts
-  6. decode    dev WER: greedy vs beam search with the 4-gram LM
+  6. decode    WER greedy vs beam search with the 4-gram LM, on the held-out voice (dev) and
+               on the training voices' new sentences (seen)
 It ends with a table (WER greedy vs LM, PNMI, time per stage) and the model directory.
 The numbers are whatever this run measures; the model is small and trained for minutes.
 """
@@ -33,9 +36,9 @@ DEMO_MODEL = dict(
     num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4, layer_norm_first=True, feat_extract_norm="layer",
     hubert_num_clusters=[100], label_rate=100, hubert_final_dim=64, layerdrop=0.0, mask_time_length=5,
 )
-FULL = dict(train_sentences=160, dev_sentences=40, pretrain_steps=150, finetune_steps=1600, beam_width=32,
-            finetune_batch_seconds=20.0)
-QUICK = dict(train_sentences=24, dev_sentences=6, pretrain_steps=4, finetune_steps=6, beam_width=8,
+FULL = dict(train_sentences=160, dev_sentences=40, seen_sentences=30, pretrain_steps=150, finetune_steps=1600,
+            beam_width=32, finetune_batch_seconds=20.0)
+QUICK = dict(train_sentences=24, dev_sentences=6, seen_sentences=1, pretrain_steps=4, finetune_steps=6, beam_width=8,
              finetune_batch_seconds=20.0)
 
 
@@ -58,9 +61,15 @@ def run_stage(output: Path, name: str, function: Callable[[Path], dict[str, Any]
 
 
 def stage_corpus(directory: Path, settings: dict) -> dict:
-    from .demo_corpus import build_corpus
+    import random
 
-    return build_corpus(directory, settings["train_sentences"], settings["dev_sentences"])
+    from .demo_corpus import TRAIN_VOICES, build_corpus, build_split
+
+    summary = build_corpus(directory, settings["train_sentences"], settings["dev_sentences"])
+    # Speaker-dependent test: the training voices on sentences they were never trained on.
+    trained = frozenset((directory / "train_transcripts.txt").read_text().splitlines())
+    summary["seen"] = build_split(directory, "seen", TRAIN_VOICES, settings["seen_sentences"], random.Random(1), trained)
+    return summary
 
 
 def stage_labels(directory: Path, corpus: Path) -> dict:
@@ -123,6 +132,8 @@ def stage_lm(directory: Path, corpus: Path, model_dir: Path) -> dict:
 
 
 def stage_decode(directory: Path, corpus: Path, model_dir: Path, lm_dir: Path, settings: dict) -> dict:
+    """WER/CER greedy vs LM beam on the held-out voice (``dev``, top-level keys) and, when the corpus
+    has it, on new sentences spoken by the training voices (``seen``)."""
     import torch
 
     from .data import TextNormalizer, load_source
@@ -132,29 +143,35 @@ def stage_decode(directory: Path, corpus: Path, model_dir: Path, lm_dir: Path, s
 
     processor = SpeechProcessor.from_pretrained(model_dir)
     model = SpeechEncoderForCTC.from_pretrained(model_dir).eval()
-    dev = load_source(str(corpus / "dev"))
     normalizer = TextNormalizer()
     labels = CTCVocabulary.from_tokenizer(processor.tokenizer).labels
     greedy = build_decoder(DecoderSpec(labels=labels, backend="greedy"))
     beam = build_decoder(DecoderSpec(labels=labels, backend="pyctcdecode", lm_path=str(lm_dir),
                                      beam_width=settings["beam_width"]))
-    references, greedy_texts, lm_texts = [], [], []
-    audio_seconds, decode_seconds = 0.0, 0.0
-    for example in dev:
-        inputs = processor(audio=example["audio"], sampling_rate=16000, return_tensors="pt")
-        with torch.no_grad():
-            log_probs = torch.log_softmax(model(**inputs).logits[0], dim=-1).numpy()
-        began = time.perf_counter()
-        greedy_texts.append(greedy.decode(log_probs).text)
-        lm_texts.append(beam.decode(log_probs).text)
-        decode_seconds += time.perf_counter() - began
-        references.append(normalizer(example["text"], example["id"]))
-        audio_seconds += example["duration"]
-    greedy_report, lm_report = error_report(references, greedy_texts), error_report(references, lm_texts)
-    examples = [{"reference": r, "greedy": g, "lm": l} for r, g, l in list(zip(references, greedy_texts, lm_texts))[:3]]
-    return {"utterances": len(references), "wer_greedy": greedy_report.wer, "cer_greedy": greedy_report.cer,
-            "wer_lm": lm_report.wer, "cer_lm": lm_report.cer, "decoding_rtf": decode_seconds / audio_seconds,
-            "examples": examples}
+
+    def evaluate(split: str) -> dict:
+        references, greedy_texts, lm_texts = [], [], []
+        audio_seconds, decode_seconds = 0.0, 0.0
+        for example in load_source(str(corpus / split)):
+            inputs = processor(audio=example["audio"], sampling_rate=16000, return_tensors="pt")
+            with torch.no_grad():
+                log_probs = torch.log_softmax(model(**inputs).logits[0], dim=-1).numpy()
+            began = time.perf_counter()
+            greedy_texts.append(greedy.decode(log_probs).text)
+            lm_texts.append(beam.decode(log_probs).text)
+            decode_seconds += time.perf_counter() - began
+            references.append(normalizer(example["text"], example["id"]))
+            audio_seconds += example["duration"]
+        greedy_report, lm_report = error_report(references, greedy_texts), error_report(references, lm_texts)
+        examples = [{"reference": r, "greedy": g, "lm": l} for r, g, l in list(zip(references, greedy_texts, lm_texts))[:3]]
+        return {"utterances": len(references), "wer_greedy": greedy_report.wer, "cer_greedy": greedy_report.cer,
+                "wer_lm": lm_report.wer, "cer_lm": lm_report.cer, "decoding_rtf": decode_seconds / audio_seconds,
+                "examples": examples}
+
+    result = evaluate("dev")
+    if (corpus / "seen" / "metadata.csv").exists():
+        result["seen"] = evaluate("seen")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +221,15 @@ def format_summary(results: dict, model_dir: Path) -> str:
         "",
         f"  dev WER, greedy CTC        {100 * decode['wer_greedy']:6.1f} %   (CER {100 * decode['cer_greedy']:.1f} %)",
         f"  dev WER, 4-gram LM beam    {100 * decode['wer_lm']:6.1f} %   (CER {100 * decode['cer_lm']:.1f} %)",
+    ]
+    seen = decode.get("seen")
+    if seen:  # absent in a decode stage cached by an older version
+        lines += [
+            f"  seen voices, new sentences ({seen['utterances']} utterances):",
+            f"    WER, greedy CTC          {100 * seen['wer_greedy']:6.1f} %   (CER {100 * seen['cer_greedy']:.1f} %)",
+            f"    WER, 4-gram LM beam      {100 * seen['wer_lm']:6.1f} %   (CER {100 * seen['cer_lm']:.1f} %)",
+        ]
+    lines += [
         f"  PNMI of MFCC K=100 labels  {labels['pnmi']:6.3f}     (phone purity {labels['phone_purity']:.3f}, "
         f"cluster purity {labels['cluster_purity']:.3f})",
         f"  fine-tuning CTC loss       {results['finetune']['first_loss']:.2f} -> {results['finetune']['last_loss']:.2f}",

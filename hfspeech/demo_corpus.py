@@ -80,36 +80,41 @@ def build_corpus(output_dir: Path, train_sentences: int = 160, dev_sentences: in
     Returns counts and durations.
     """
     rng = random.Random(seed)
+    return {"train": build_split(output_dir, "train", TRAIN_VOICES, train_sentences, rng),
+            "dev": build_split(output_dir, "dev", tuple(dev_voices), dev_sentences, rng, exclude_dev)}
+
+
+def build_split(output_dir: Path, split: str, voices: tuple[str, ...], sentences: int, rng: random.Random,
+                exclude: frozenset[str] = frozenset()) -> dict:
+    """Write one audiofolder ``output_dir/split`` (+ ``alignments/*.phn`` and ``split_transcripts.txt``):
+    ``sentences`` draws from the grammar (never one in ``exclude``), each spoken by every voice."""
     alignments = output_dir / "alignments"
     alignments.mkdir(parents=True, exist_ok=True)
-    summary = {}
+    folder = output_dir / split
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, seconds = [], 0.0
     with tempfile.TemporaryDirectory() as scratch:
-        for split, voices, count in (("train", TRAIN_VOICES, train_sentences), ("dev", tuple(dev_voices), dev_sentences)):
-            folder = output_dir / split
-            folder.mkdir(parents=True, exist_ok=True)
-            rows, seconds = [], 0.0
-            for number in range(count):
+        for number in range(sentences):
+            text = random_sentence(rng)
+            for _ in range(10_000):
+                if text not in exclude:
+                    break
                 text = random_sentence(rng)
-                for _ in range(10_000):
-                    if split != "dev" or text not in exclude_dev:
-                        break
-                    text = random_sentence(rng)
-                else:
-                    raise ValueError("every dev sentence drawn is in exclude_dev: the grammar has too few others.")
-                for voice in voices:
-                    name = f"{split}-{voice}-{number:04d}"
-                    wav = Path(scratch) / f"{name}.wav"
-                    segments = synthesize(text, voice, wav, stretch=rng.uniform(0.85, 1.2), pitch=rng.uniform(90, 180))
-                    audio, _ = soundfile.read(wav, dtype="float32")
-                    audio = audio + np.random.default_rng(rng.randrange(2**32)).normal(0, 0.002, len(audio)).astype(np.float32)
-                    soundfile.write(folder / f"{name}.flac", audio, 16000)
-                    (alignments / f"{name}.phn").write_text("".join(f"{s} {e} {p}\n" for s, e, p in segments))
-                    rows.append({"file_name": f"{name}.flac", "text": text, "speaker_id": voice})
-                    seconds += len(audio) / 16000
-            with open(folder / "metadata.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=["file_name", "text", "speaker_id"])
-                writer.writeheader()
-                writer.writerows(rows)
-            (output_dir / f"{split}_transcripts.txt").write_text("".join(row["text"] + "\n" for row in rows))
-            summary[split] = {"utterances": len(rows), "minutes": seconds / 60, "voices": list(voices)}
-    return summary
+            else:
+                raise ValueError(f"every {split} sentence drawn is excluded (exclude_dev): the grammar has too few others.")
+            for voice in voices:
+                name = f"{split}-{voice}-{number:04d}"
+                wav = Path(scratch) / f"{name}.wav"
+                segments = synthesize(text, voice, wav, stretch=rng.uniform(0.85, 1.2), pitch=rng.uniform(90, 180))
+                audio, _ = soundfile.read(wav, dtype="float32")
+                audio = audio + np.random.default_rng(rng.randrange(2**32)).normal(0, 0.002, len(audio)).astype(np.float32)
+                soundfile.write(folder / f"{name}.flac", audio, 16000)
+                (alignments / f"{name}.phn").write_text("".join(f"{s} {e} {p}\n" for s, e, p in segments))
+                rows.append({"file_name": f"{name}.flac", "text": text, "speaker_id": voice})
+                seconds += len(audio) / 16000
+    with open(folder / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file_name", "text", "speaker_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (output_dir / f"{split}_transcripts.txt").write_text("".join(row["text"] + "\n" for row in rows))
+    return {"utterances": len(rows), "minutes": seconds / 60, "voices": list(voices)}
