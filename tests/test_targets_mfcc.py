@@ -21,11 +21,11 @@ import scipy.signal
 import soundfile
 import torch
 
+from hfspeech.targets.deltas import compute_deltas
 from hfspeech.targets.mfcc import (
     MFCCConfig,
     _constants,
     _mel_blocks,
-    compute_deltas,
     compute_mfcc,
     compute_mfcc_batch,
     num_mfcc_frames,

@@ -20,11 +20,12 @@ from .assign import (
     write_label_files,
     write_label_groups,
 )
+from .deltas import compute_deltas
 from .fit_assign import FeatureCache, fit_and_assign
 from .iterations import assign_label_sets, check_label_rate, fit_label_sets, run_iterations, verify_labels
 from .kmeans import FrameSampler, KMeansModel, compute_inertia, fit_kmeans, load_kmeans_models
 from .layer_features import LayerFeatureReader, load_feature_model, num_conv_frames
-from .mfcc import MFCCConfig, MFCCFeatureExtractor, compute_deltas, compute_mfcc, compute_mfcc_batch, num_mfcc_frames
+from .mfcc import MFCCConfig, MFCCFeatureExtractor, compute_mfcc, compute_mfcc_batch, num_mfcc_frames
 from .quality import (
     QualityReport,
     measure_quality,

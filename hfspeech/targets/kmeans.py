@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from .scratch import scratch
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def nearest_centroids(
     centroid_norms = centroids.pow(2).sum(1)
     labels = torch.empty(n, dtype=torch.int64, device=features.device)
     distances = torch.empty(n, dtype=features.dtype, device=features.device) if with_distances else None
-    scores = _scores_buffer(min(n, chunk_size), centroids.shape[0], features.device, features.dtype)
+    scores = scratch("distance scores", (min(n, chunk_size), centroids.shape[0]), features.device, features.dtype)
     for start in range(0, n, chunk_size):
         chunk = features[start : start + chunk_size]
         stop = start + chunk.shape[0]
@@ -155,20 +156,6 @@ def nearest_centroids(
             norms = feature_norms[start:stop] if feature_norms is not None else chunk.pow(2).sum(1)
             torch.add(best, norms, out=distances[start:stop]).clamp_min_(0.0)
     return labels, distances
-
-
-_SCRATCH = threading.local()
-
-
-def _scores_buffer(rows: int, num_clusters: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(rows, K) scratch for distance blocks, reused by later calls in this thread (every Lloyd
-    pass and every labelled group needs one; fresh 1.6 MB blocks kept faulting pages in)."""
-    key = (num_clusters, device, dtype)
-    buffer = _SCRATCH.__dict__.setdefault("scores", {}).get(key)
-    if buffer is None or buffer.shape[0] < rows:
-        buffer = torch.empty(rows, num_clusters, device=device, dtype=dtype)
-        _SCRATCH.scores[key] = buffer
-    return buffer[:rows]
 
 
 def _row_minima(scores: torch.Tensor, index: torch.Tensor, with_minima: bool = True) -> torch.Tensor | None:

@@ -29,12 +29,14 @@ torchaudio.compliance.kaldi.mfcc called per utterance (fairseq's recipe) takes a
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
+
+from .deltas import deltas_within_utterances
+from .scratch import scratch
 
 SAMPLE_RATE = 16000
 
@@ -116,27 +118,6 @@ def _constants(config: MFCCConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         torch.from_numpy(dct[:, : config.num_ceps].copy()),
         torch.from_numpy(lifter),
     )
-
-
-_WORKSPACE = threading.local()
-
-
-def _workspace(name: str, shape: tuple[int, ...], device: torch.device, zero: bool = False) -> torch.Tensor:
-    """A float32 tensor of ``shape`` reused by later calls in this thread (contents undefined unless
-    ``zero``: then zeroed when first allocated only).
-
-    One 200 s group needs ~17 MB of scratch (signal, FFT buffer, cepstra of every hop);
-    allocating it afresh per group made the process fault the pages in again and again (glibc
-    hands large freed blocks back to the kernel), which cost more than the zeroing itself.
-    """
-    key = (name, device, shape[1:])
-    buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
-    buffer = buffers.get(key)
-    if buffer is None or buffer.shape[0] < shape[0]:  # with headroom: group sizes vary a little
-        rows = max(shape[0] * 5 // 4, 1 if buffer is None else buffer.shape[0] * 5 // 4)
-        buffer = (torch.zeros if zero else torch.empty)((rows,) + shape[1:], device=device)
-        buffers[key] = buffer
-    return buffer[: shape[0]]
 
 
 def _frame_means(signal: torch.Tensor, num_hops: int, config: MFCCConfig) -> torch.Tensor:
@@ -226,12 +207,12 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     offsets = (frame_means * (1.0 - alpha))[:, None]
     fix_first_sample = bool(window[0] != 0)  # the Povey window is 0 there, so y[0] never counts
     first_samples = signal[: num_hops * shift : shift]  # s[t] of every frame
-    cepstra = _workspace("cepstra", (num_hops, config.num_ceps), device)  # the caller gathers what it needs
+    cepstra = scratch("cepstra", (num_hops, config.num_ceps), device)  # the caller gathers what it needs
     chunk = min(num_hops, chunk_frames)
     # columns size.. of the FFT buffer are the zero padding: written nowhere, zeroed once
-    buffer = _workspace(f"fft{size}", (chunk_frames, config.fft_size), device, zero=True)[:chunk]
+    buffer = scratch(f"fft{size}", (chunk_frames, config.fft_size), device, zero=True)[:chunk]
     # the pre-emphasised signal e[j] = s[j] - a s[j-1] of one chunk's stretch (e[0] is never used)
-    emphasized = _workspace("emphasized", ((chunk - 1) * shift + size,), device)
+    emphasized = scratch("emphasized", ((chunk - 1) * shift + size,), device)
     emphasized[0] = 0.0
     current, previous = signal[1:], signal[:-1]
     mel = torch.empty(config.num_mel_bins, chunk, device=device)
@@ -265,72 +246,13 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     return cepstra
 
 
-def _deltas_within_utterances(
-    features: torch.Tensor, counts: np.ndarray, window: int, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Deltas (N, D) of (N, D) concatenated utterances of ``counts`` frames; each replicates its own edges.
-
-    Interior frames come from shifted slices of the flattened array (contiguous, so each term
-    is one vectorised pass); only the frames within ``(window - 1) / 2`` of an utterance edge
-    (4 per utterance for window 5) are recomputed with clamped indices. ``out``: a contiguous
-    (N, D) tensor to write into (the temporaries come from the thread's scratch then).
-    """
-    n = (window - 1) // 2
-    denominator = n * (n + 1) * (2 * n + 1) / 3
-    features = features.contiguous()
-    length, dim = features.shape
-    delta = torch.empty_like(features) if out is None else out
-    source, interior = features.view(-1), delta.view(-1)[n * dim : (length - n) * dim]
-    if length > 2 * n:  # rows [n, length - n); the first/last n rows are utterance edges, written below
-        term = None if out is None else _workspace("delta term", (interior.shape[0],), features.device)
-        for offset in range(1, n + 1):
-            ahead = source[(n + offset) * dim : (length - n + offset) * dim]
-            behind = source[(n - offset) * dim : (length - n - offset) * dim]
-            if offset == 1:
-                torch.sub(ahead, behind, out=interior)
-            else:
-                interior.add_(ahead - behind if term is None else torch.sub(ahead, behind, out=term), alpha=offset)
-    ends = np.cumsum(counts)
-    starts = ends - counts
-    near = np.arange(n)
-    rows = np.concatenate([(starts[:, None] + near).ravel(), (ends[:, None] - 1 - near).ravel()])
-    owner = np.concatenate([np.repeat(np.arange(len(counts)), n)] * 2)
-    inside = (rows >= starts[owner]) & (rows < ends[owner])
-    rows, owner = rows[inside], owner[inside]
-    if len(rows):
-        row_index = torch.from_numpy(rows).to(features.device)
-        first = torch.from_numpy(starts[owner]).to(features.device)
-        last = torch.from_numpy(ends[owner] - 1).to(features.device)
-        edge = torch.zeros(len(rows), dim, device=features.device, dtype=features.dtype)
-        for offset in range(1, n + 1):
-            ahead = torch.minimum(row_index + offset, last)
-            behind = torch.maximum(row_index - offset, first)
-            edge.add_(features[ahead] - features[behind], alpha=offset)
-        delta[row_index] = edge
-    return delta.div_(denominator)
-
-
 def mfcc_from_cepstra(cepstra: torch.Tensor, counts: list[int] | np.ndarray, config: MFCCConfig = MFCCConfig()) -> torch.Tensor:
     """(N, 13) cepstra of consecutive utterances of ``counts`` frames -> (N, 39) with deltas and delta-deltas."""
     counts = np.asarray(counts, dtype=np.int64)
     shape, device = tuple(cepstra.shape), cepstra.device
-    delta = _deltas_within_utterances(cepstra, counts, config.delta_window, out=_workspace("delta", shape, device))
-    delta2 = _deltas_within_utterances(delta, counts, config.delta_window, out=_workspace("delta2", shape, device))
+    delta = deltas_within_utterances(cepstra, counts, config.delta_window, out=scratch("delta", shape, device))
+    delta2 = deltas_within_utterances(delta, counts, config.delta_window, out=scratch("delta2", shape, device))
     return torch.cat([cepstra, delta, delta2], dim=1)
-
-
-def compute_deltas(features: torch.Tensor, window: int = 5) -> torch.Tensor:
-    """Regression deltas along time, edges replicated (torchaudio.functional.compute_deltas).
-
-    Args:
-        features: (T, D) frames of one utterance.
-        window: odd regression window (5 -> offsets -2..2, denominator 10).
-    Returns:
-        (T, D) deltas ``sum_k k (x[t+k] - x[t-k]) / (2 sum_k k^2)``.
-    """
-    if window < 3 or window % 2 == 0:
-        raise ValueError(f"delta window must be an odd integer >= 3, got {window}")
-    return _deltas_within_utterances(features, np.array([features.shape[0]]), window)
 
 
 def compute_mfcc_batch(
@@ -379,7 +301,7 @@ def compute_mfcc_batch(
     lengths = np.array([len(a) for a in arrays])
     counts = 1 + (lengths - size) // shift  # num_mfcc_frames (every utterance holds a window)
     offsets = np.concatenate([[0], np.cumsum(-(-lengths // shift) * shift)])
-    signal = _workspace("signal", (offsets[-1] + size,), torch.device("cpu")).numpy()
+    signal = scratch("signal", (offsets[-1] + size,), torch.device("cpu")).numpy()
     for array, offset, stop in zip(arrays, offsets, offsets[1:]):
         signal[offset : offset + len(array)] = array
         signal[offset + len(array) : stop] = 0.0  # up to the next hop boundary
