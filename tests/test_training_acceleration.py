@@ -203,7 +203,7 @@ applied = reuse_freed_memory()
 for _ in range(2):  # warm-up: 64 MiB blocks (above glibc's largest default mmap threshold), freed at once
     torch.empty(16 << 20).fill_(1.0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(20):
     torch.empty(16 << 20).fill_(1.0)
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -220,9 +220,10 @@ def test_reuse_freed_memory_stops_fresh_page_faults_and_can_be_switched_off(opt_
     env = {**os.environ, REUSE_FREED_MEMORY_ENV: "0" if opt_out else "1"}
     applied, faults = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
                                      check=True).stdout.split()
-    pages = 5 * (64 << 20) // 4096
+    pages = 20 * (64 << 20) // 4096
     if opt_out:  # glibc maps and unmaps the 64 MiB block each time: a fault per page
         assert applied == "False" and int(faults) > pages // 2
-    else:  # the freed block is reused: no fresh pages (now and then glibc places one of the five
-        # blocks afresh, 16,384 faults: measured 0 or one block's worth in repeated runs)
-        assert applied == "True" and int(faults) <= pages // 5
+    else:  # the freed block is reused: no fresh pages. Now and then glibc places a block afresh
+        # (a small allocation carved from the top of the heap): 0 or 1 of the 20 blocks in 30 runs
+        # here, 2 of 5 once in CI; the bound allows 5 of 20, the opt-out pays all 20.
+        assert applied == "True" and int(faults) <= pages // 4
