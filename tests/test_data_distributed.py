@@ -65,7 +65,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", str(WORLD_SIZE), "--master_port", "29517", __file__, str(output_dir)],
+        [str(torchrun), "--standalone", "--nproc_per_node", str(WORLD_SIZE), __file__, str(output_dir)],
         capture_output=True, text=True, timeout=240, env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -24,8 +24,8 @@ def run_script(output_dir: Path, *extra: str, processes: int = 1) -> subprocess.
     if processes == 1:
         command = [sys.executable, str(SCRIPT), str(output_dir), *extra]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", "29533", str(SCRIPT), str(output_dir), *extra]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                   str(SCRIPT), str(output_dir), *extra]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
