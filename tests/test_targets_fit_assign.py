@@ -89,3 +89,39 @@ def test_concatenate_frames_shares_memory_only_for_consecutive_splits() -> None:
     assert torch.equal(concatenate_frames(shuffled), torch.cat(shuffled))
     separate = [torch.ones(2, 3), torch.zeros(3, 3)]
     assert torch.equal(concatenate_frames(separate), torch.cat(separate))
+
+
+@pytest.mark.parametrize("cache_mib", [64.0, 0.015])
+def test_worker_threads_write_the_same_files_as_one_thread(tmp_path, cache_mib) -> None:
+    """Groups computed and labelled on 3 threads: same sample, centroids and label files, byte for byte
+    (with a partial cache the labelling stream mixes cached groups and recomputed ones)."""
+    from hfspeech.targets.assign import sample_fit_frames
+
+    utterances = _utterances(16)
+    outputs = {}
+    for workers in (1, 3):
+        models, _ = fit_and_assign(lambda: iter(utterances), MFCCFeatureExtractor(), [5, 8], tmp_path / f"w{workers}",
+                                   fraction=0.5, seed=0, cache_mib=cache_mib, batch_seconds=0.6, workers=workers)
+        write_label_files(iter(utterances), MFCCFeatureExtractor(), models, tmp_path / f"separate{workers}",
+                          batch_seconds=0.6, workers=workers)
+        sample = sample_fit_frames(iter(utterances), MFCCFeatureExtractor(), fraction=0.5, seed=0, batch_seconds=0.6,
+                                   workers=workers)
+        outputs[workers] = models, sample
+        assert torch.get_num_threads() == 1  # the caller's thread count is restored (the fixture set 1)
+    for model, threaded in zip(outputs[1][0], outputs[3][0]):
+        assert torch.equal(model.centroids, threaded.centroids)
+    assert torch.equal(outputs[1][1], outputs[3][1])
+    for name in ("k5.km", "k8.km", "ids.txt"):
+        single = (tmp_path / "w1" / name).read_bytes()
+        assert len(single.splitlines()) == len(utterances)
+        assert (tmp_path / "w3" / name).read_bytes() == single
+        assert (tmp_path / "separate3" / name).read_bytes() == (tmp_path / "separate1" / name).read_bytes() == single
+
+
+def test_an_error_on_a_worker_thread_names_the_utterance(tmp_path) -> None:
+    utterances = _utterances(10)
+    utterances[6] = ("too_short", np.zeros(100, dtype=np.float32))
+    with pytest.raises(ValueError, match="utterance too_short: 100 samples is shorter than one"):
+        fit_and_assign(lambda: iter(utterances), MFCCFeatureExtractor(), [3], tmp_path / "labels", batch_seconds=0.5,
+                       workers=3)
+    assert torch.get_num_threads() == 1

@@ -5,6 +5,10 @@ iterations, 50 Hz) -> `FrameSampler` + `fit_kmeans` (torch or sklearn backend) -
 `write_label_files` / `add_label_columns` (streaming, ``.km`` files + ``labels.json``), or
 `fit_and_assign` for both with features computed once (cached under a memory bound) ->
 `measure_quality` (PNMI, phone/cluster purity against phone alignments).
+
+Utterances travel in groups of ~200 s of audio (`feature_groups`); on the CPU the MFCC
+groups are computed and labelled on one worker thread per core (`parallel`), results in
+stream order, so the outputs do not depend on the thread count.
 """
 
 from .assign import (

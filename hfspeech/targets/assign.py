@@ -1,8 +1,8 @@
 """Streaming label assignment: features are computed and assigned on the fly, never dumped.
 
 Utterances flow as ``(utterance_id, waveform)`` pairs (16 kHz float32 ``(S,)``), in groups of
-at most ``batch_seconds`` of audio, so memory is bounded by one group whatever the corpus
-size. Outputs:
+at most ``batch_seconds`` of audio (`hfspeech.targets.feature_groups`), so memory is bounded by
+one group per worker thread (see `hfspeech.targets.parallel`) whatever the corpus size. Outputs:
 
 * fairseq-style label files: ``OUT/k{K}.km`` (one line of space-separated cluster ids per
   utterance), ``OUT/ids.txt`` (the utterance ids, same order), ``OUT/labels.json`` (label
@@ -15,112 +15,36 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from .kmeans import FrameSampler, KMeansModel
+from .feature_groups import (  # noqa: F401 - re-exported: these lived here before feature_groups.py
+    SAMPLE_RATE,
+    FeatureExtractor,
+    FeatureGroup,
+    audio_groups,
+    compute_feature_group,
+    concatenate_frames,
+    iter_feature_batches,
+    iter_feature_groups,
+    iter_source_utterances,
+    make_feature_extractor,
+    sample_fit_frames,
+    usable_workers,
+)
+from .kmeans import KMeansModel
+from .parallel import map_in_order, pipeline_threads
 
 logger = logging.getLogger(__name__)
 
 _WHITESPACE = re.compile(r"\s")
 LABELS_METADATA = "labels.json"
 IDS_FILE = "ids.txt"
-SAMPLE_RATE = 16000
-
-
-class FeatureExtractor(Protocol):
-    """What `MFCCFeatureExtractor` and `LayerFeatureReader` both provide."""
-
-    name: str
-    dim: int
-    frame_rate: float
-    min_samples: int
-
-    def num_frames(self, num_samples: int) -> int: ...
-
-    def batch(self, waveforms: list[np.ndarray | torch.Tensor], utterance_ids: list[str]) -> list[torch.Tensor]: ...
-
-
-def make_feature_extractor(spec: str, device: torch.device | str | None = None) -> FeatureExtractor:
-    """``"mfcc"`` -> `MFCCFeatureExtractor`; ``"MODEL_DIR:LAYER"`` -> `LayerFeatureReader`."""
-    if spec == "mfcc":
-        from .mfcc import MFCCFeatureExtractor
-
-        return MFCCFeatureExtractor(device=device)
-    from .layer_features import LayerFeatureReader
-
-    return LayerFeatureReader.from_spec(spec, device=device)
-
-
-def iter_source_utterances(spec: str, split: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """Stream ``(id, waveform)`` from any source of `hfspeech.data.load_source` (directory,
-    audiofolder, LibriSpeech layout, manifest, Hub spec), decoding one file at a time."""
-    from ..data import load_source
-
-    for example in load_source(spec, split=split, streaming=True):
-        yield str(example["id"]), np.asarray(example["audio"], dtype=np.float32)
-
-
-def iter_feature_groups(
-    utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
-    batch_seconds: float = 200.0,
-    progress: bool = True,
-) -> Iterator["FeatureGroup"]:
-    """Yield ``(utterance_ids, num_samples, features [(T_i, D)])`` per group of at most
-    ``batch_seconds`` of audio (one utterance longer than that forms its own group)."""
-    names: list[str] = []
-    waveforms: list[np.ndarray] = []
-    group_samples = 0
-    limit = int(batch_seconds * SAMPLE_RATE)
-    seen: set[str] = set()
-    for name, waveform in tqdm(utterances, desc=f"{extractor.name} features", unit="utt", disable=not progress):
-        if name in seen:
-            raise ValueError(f"utterance id {name!r} appears twice in the data; ids must be unique for label files")
-        seen.add(name)
-        if waveforms and group_samples + len(waveform) > limit:
-            yield names, [len(w) for w in waveforms], extractor.batch(waveforms, names)
-            names, waveforms, group_samples = [], [], 0
-        names.append(name)
-        waveforms.append(waveform)
-        group_samples += len(waveform)
-    if waveforms:
-        yield names, [len(w) for w in waveforms], extractor.batch(waveforms, names)
-
-
-def iter_feature_batches(
-    utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
-    batch_seconds: float = 200.0,
-    progress: bool = True,
-) -> Iterator[tuple[str, int, torch.Tensor]]:
-    """Yield ``(utterance_id, num_samples, features (T, D))``, computed group by group."""
-    for names, lengths, features in iter_feature_groups(utterances, extractor, batch_seconds, progress):
-        yield from zip(names, lengths, features)
-
-
-def sample_fit_frames(
-    utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
-    fraction: float = 1.0,
-    max_frames: int | None = None,
-    seed: int = 0,
-    batch_seconds: float = 200.0,
-) -> torch.Tensor:
-    """Stream the data once and keep a uniform random sample of frames: (N, D) float32."""
-    sampler = FrameSampler(fraction=fraction, max_frames=max_frames, seed=seed)
-    for _, _, features in iter_feature_groups(utterances, extractor, batch_seconds):
-        sampler.add(concatenate_frames(features))
-    sample = sampler.sample()
-    logger.info("sampled %d of %d frames for k-means", sample.shape[0], sampler.frames_seen)
-    return sample
 
 
 @dataclass
@@ -164,33 +88,20 @@ def _check_models(models: list[KMeansModel], extractor: FeatureExtractor) -> Non
         raise ValueError(f"two k-means models share a K ({[m.num_clusters for m in models]}); label files are named by K")
 
 
-FeatureGroup = tuple[list[str], list[int], list[torch.Tensor]]
-"""``(utterance_ids, num_samples, features [(T_i, D)])`` of one group, as `iter_feature_groups` yields."""
-
-
-def concatenate_frames(features: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(features)``, without the copy when the tensors are consecutive row blocks of
-    one storage (what `compute_mfcc_batch` returns: a split of one (sum T_i, D) tensor)."""
-    first = features[0]
-    storage = first.untyped_storage().data_ptr()
-    consecutive = all(f.is_contiguous() and f.dim() == 2 and f.untyped_storage().data_ptr() == storage
-                      for f in features)
-    consecutive = consecutive and all(
-        b.storage_offset() == a.storage_offset() + a.numel() and b.shape[1:] == a.shape[1:] and b.dtype == a.dtype
-        for a, b in zip(features, features[1:]))
-    if not consecutive:
-        return torch.cat(features)
-    rows = sum(f.shape[0] for f in features)
-    return first.as_strided((rows, first.shape[1]), first.stride(), first.storage_offset())
-
-
 def label_groups(
-    groups: Iterable[FeatureGroup], extractor: FeatureExtractor, models: list[KMeansModel]
+    groups: Iterable[Any], extractor: FeatureExtractor, models: list[KMeansModel], workers: int | None = 1,
+    prepare: Callable[[Any], FeatureGroup] | None = None,
 ) -> Iterator[tuple[list[str], list[int], np.ndarray, list[np.ndarray]]]:
     """Yield ``(utterance_ids, num_samples, frame counts (n,), [labels (sum T_i,) int64 per model])``
-    per computed feature group: one assignment per group and model, not split per utterance."""
+    per computed feature group: one assignment per group and model, not split per utterance.
+
+    ``prepare`` turns an item of ``groups`` into its feature group first (e.g. unpacks cached
+    cepstra); with ``workers > 1`` and a ``thread_safe`` extractor, that and the assignment run
+    on threads (`map_in_order`; None: one per torch thread), results in order."""
     _check_models(models, extractor)
-    for names, lengths, features in groups:
+
+    def label(group: Any) -> tuple[list[str], list[int], np.ndarray, list[np.ndarray]]:
+        names, lengths, features = prepare(group) if prepare is not None else group
         counts = np.array([f.shape[0] for f in features], dtype=np.int64)
         for name, num_samples, count in zip(names, lengths, counts):
             expected = extractor.num_frames(num_samples)
@@ -199,7 +110,9 @@ def label_groups(
                                  f"expected {expected} at {extractor.frame_rate} Hz")
         frames = concatenate_frames(features)
         where = names[0] if len(names) == 1 else f"group starting at {names[0]}"
-        yield names, lengths, counts, [model.predict(frames, where).cpu().numpy() for model in models]
+        return names, lengths, counts, [model.predict(frames, where).cpu().numpy() for model in models]
+
+    yield from map_in_order(label, groups, usable_workers(extractor, workers))
 
 
 def label_feature_groups(
@@ -267,11 +180,17 @@ def write_label_files(
     kmeans_paths: list[str] | None = None,
     data: str = "",
     batch_seconds: float = 200.0,
+    workers: int | None = None,
 ) -> LabelMetadata:
-    """Assign labels streaming and write ``k{K}.km`` files, ``ids.txt`` and ``labels.json``."""
+    """Assign labels streaming and write ``k{K}.km`` files, ``ids.txt`` and ``labels.json``.
+
+    ``workers`` threads (None: one per torch thread) each compute and label whole groups."""
     _check_models(models, extractor)
-    groups = iter_feature_groups(utterances, extractor, batch_seconds)
-    return write_label_groups(groups, extractor, models, output_dir, kmeans_paths, data)
+    groups = audio_groups(utterances, extractor.name, batch_seconds)
+    workers = usable_workers(extractor, workers)
+    with pipeline_threads(workers):
+        return write_label_groups(groups, extractor, models, output_dir, kmeans_paths, data, workers,
+                                  prepare=lambda group: compute_feature_group(extractor, group))
 
 
 def write_label_groups(
@@ -281,8 +200,11 @@ def write_label_groups(
     output_dir: str | Path,
     kmeans_paths: list[str] | None = None,
     data: str = "",
+    workers: int | None = 1,
+    prepare: Callable[[Any], FeatureGroup] | None = None,
 ) -> LabelMetadata:
-    """Write ``k{K}.km``, ``ids.txt`` and ``labels.json`` from already computed feature groups."""
+    """Write ``k{K}.km``, ``ids.txt`` and ``labels.json`` from feature groups (see `label_groups`
+    for ``workers`` and ``prepare``)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_models(models, extractor)
@@ -290,7 +212,7 @@ def write_label_groups(
     count = frames = 0
     try:
         with open(output_dir / IDS_FILE, "w") as ids_file:
-            for names, _, counts, label_sets in label_groups(groups, extractor, models):
+            for names, _, counts, label_sets in label_groups(groups, extractor, models, workers, prepare):
                 if _WHITESPACE.search("".join(names)):
                     name = next(name for name in names if _WHITESPACE.search(name))
                     raise ValueError(f"utterance id {name!r} contains whitespace; ids.txt needs one id per line")

@@ -7,6 +7,16 @@ import json
 from pathlib import Path
 
 
+WORKERS_HELP = "threads computing and labelling MFCC feature groups at once (default: torch's thread count, one per core)"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     labels = subparsers.add_parser(
         "labels", help="HuBERT targets: k-means on MFCC/layer features, label files, cluster quality",
@@ -29,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default=None, help="torch device (default cpu)")
     fit.add_argument("--split", default=None, help="LibriSpeech split / Libri-light subset of DATA")
+    fit.add_argument("--workers", type=_positive_int, default=None, help=WORKERS_HELP)
     fit.set_defaults(func=run_fit)
 
     assign = actions.add_parser("assign", help="write k{K}.km, ids.txt and labels.json for a data source")
@@ -37,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     assign.add_argument("output_dir", type=Path)
     assign.add_argument("--device", default=None)
     assign.add_argument("--split", default=None, help="LibriSpeech split / Libri-light subset of DATA")
+    assign.add_argument("--workers", type=_positive_int, default=None, help=WORKERS_HELP)
     assign.set_defaults(func=run_assign)
 
     check = actions.add_parser("check", help="verify that a label directory matches its audio (ids, lengths, rate)")
@@ -69,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     iterate.add_argument("--seed", type=int, default=0)
     iterate.add_argument("--device", default=None)
     iterate.add_argument("--split", default=None, help="LibriSpeech split / Libri-light subset of DATA")
+    iterate.add_argument("--workers", type=_positive_int, default=None, help=WORKERS_HELP)
     iterate.set_defaults(func=run_iterate)
 
 
@@ -76,7 +89,8 @@ def run_fit(args: argparse.Namespace) -> int:
     from .iterations import fit_label_sets
 
     models = fit_label_sets(args.data, args.features, args.k, args.kmeans_out, backend=args.backend,
-                            fraction=args.fraction, max_frames=args.max_frames, seed=args.seed, device=args.device, split=args.split)
+                            fraction=args.fraction, max_frames=args.max_frames, seed=args.seed, device=args.device, split=args.split,
+                            workers=args.workers)
     for model in models:
         print(f"K={model.num_clusters}\tinertia={model.inertia:.6g}\tframes={model.num_fit_frames}\t"
               f"per_frame={model.inertia / model.num_fit_frames:.4f}\t{args.kmeans_out / f'k{model.num_clusters}'}")
@@ -86,7 +100,8 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_assign(args: argparse.Namespace) -> int:
     from .iterations import assign_label_sets
 
-    metadata = assign_label_sets(args.kmeans, args.data, args.output_dir, device=args.device, split=args.split)
+    metadata = assign_label_sets(args.kmeans, args.data, args.output_dir, device=args.device, split=args.split,
+                                 workers=args.workers)
     print(f"labelled {metadata.num_utterances} utterances ({metadata.num_frames} frames at {metadata.label_rate:g} Hz, "
           f"K={metadata.num_clusters}) -> {args.output_dir}")
     return 0
@@ -132,7 +147,7 @@ def run_iterate(args: argparse.Namespace) -> int:
     results = run_iterations(args.data, args.output_dir, pretrained_model=args.model, layer=args.layer,
                              k_first=args.k1, k_second=args.k2, backend=args.backend, fraction=args.fraction,
                              max_frames=args.max_frames, seed=args.seed, device=args.device, split=args.split,
-                             cache_mib=args.cache_mib)
+                             cache_mib=args.cache_mib, workers=args.workers)
     for name, metadata in results.items():
         print(f"{name}: {metadata.feature} K={metadata.num_clusters} at {metadata.label_rate:g} Hz, "
               f"{metadata.num_utterances} utterances -> {args.output_dir / name / 'labels'}")

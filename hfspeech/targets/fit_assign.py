@@ -27,17 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .assign import (
     FeatureExtractor,
     FeatureGroup,
     LabelMetadata,
+    audio_groups,
+    compute_feature_group,
     concatenate_frames,
     iter_feature_groups,
+    usable_workers,
     write_label_groups,
 )
 from .kmeans import FrameSampler, KMeansModel, fit_kmeans
+from .parallel import pipeline_threads
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ def fit_and_assign(
     batch_seconds: float = 200.0,
     data_spec: str = "",
     stage_seconds: dict[str, float] | None = None,
+    workers: int | None = None,
 ) -> tuple[list[KMeansModel], LabelMetadata]:
     """Fit one k-means per K on sampled frames and label every utterance, features computed once.
 
@@ -106,6 +110,9 @@ def fit_and_assign(
         data_spec: recorded in ``labels.json``.
         stage_seconds: if given, receives wall and CPU seconds of the three stages
             (``features_s``, ``features_cpu_s``, ``fit_s``, ``fit_cpu_s``, ``labels_s``, ``labels_cpu_s``).
+        workers: threads that compute (and later label) whole groups at once when the extractor
+            allows it (MFCC on the CPU); None: one per torch thread. The fit itself uses torch's
+            threads. Results do not depend on it.
     Returns:
         the fitted models (sorted as ``ks``) and the label metadata.
     """
@@ -117,13 +124,15 @@ def fit_and_assign(
     sampler = FrameSampler(fraction=fraction, max_frames=max_frames, seed=seed)
     cache = FeatureCache(limit_bytes=int(cache_mib * BYTES_PER_MIB))
     pack = getattr(extractor, "pack", None)
-    for names, lengths, features in iter_feature_groups(data(), extractor, batch_seconds):
-        frames = concatenate_frames(features)
-        sampler.add(frames)
-        if pack is not None and cache.complete:
-            features = list(pack(frames).split([f.shape[0] for f in features]))
-        cache.offer((names, lengths, features))
-    sample = sampler.sample()
+    workers = usable_workers(extractor, workers)
+    with pipeline_threads(workers):
+        for names, lengths, features in iter_feature_groups(data(), extractor, batch_seconds, workers=workers):
+            frames = concatenate_frames(features)
+            sampler.add(frames)
+            if pack is not None and cache.complete:
+                features = list(pack(frames).split([f.shape[0] for f in features]))
+            cache.offer((names, lengths, features))
+        sample = sampler.sample()
     clock.lap("features")
     logger.info("sampled %d of %d frames for k-means", sample.shape[0], sampler.frames_seen)
     models = []
@@ -134,16 +143,25 @@ def fit_and_assign(
         models.append(model)
     del sample
     clock.lap("fit")
-    groups: Iterable[FeatureGroup] = cache.groups
-    if pack is not None:
-        groups = ((names, lengths, list(extractor.unpack(concatenate_frames(packed), [p.shape[0] for p in packed])
-                                        .split([p.shape[0] for p in packed])))
-                  for names, lengths, packed in cache.groups)
+
+    def prepare(item: tuple[bool, object]) -> FeatureGroup:
+        """A cached group (unpacked if packed) or, past the cache, one computed from audio."""
+        cached, group = item
+        if not cached:
+            return compute_feature_group(extractor, group)
+        names, lengths, features = group
+        if pack is None:
+            return names, lengths, features
+        counts = [p.shape[0] for p in features]
+        return names, lengths, list(extractor.unpack(concatenate_frames(features), counts).split(counts))
+
+    items: Iterable[tuple[bool, object]] = ((True, group) for group in cache.groups)
     if not cache.complete:
         rest = itertools.islice(data(), cache.num_utterances, None)
-        groups = itertools.chain(groups, iter_feature_groups(rest, extractor, batch_seconds))
+        items = itertools.chain(items, ((False, group) for group in audio_groups(rest, extractor.name, batch_seconds)))
     kmeans_paths = [str(kmeans_dir)] if kmeans_dir is not None else []
-    metadata = write_label_groups(groups, extractor, models, labels_dir, kmeans_paths, data_spec)
+    with pipeline_threads(workers):
+        metadata = write_label_groups(items, extractor, models, labels_dir, kmeans_paths, data_spec, workers, prepare)
     clock.lap("labels")
     return models, metadata
 

@@ -48,6 +48,7 @@ def fit_label_sets(
     seed: int = 0,
     device: torch.device | str | None = None,
     split: str | None = None,
+    workers: int | None = None,
 ) -> list[KMeansModel]:
     """Sample frames once, fit one k-means per K (an ensemble), save each to ``OUT/k{K}/``.
 
@@ -58,11 +59,13 @@ def fit_label_sets(
         feature: ``"mfcc"`` or ``"MODEL_DIR:LAYER"``.
         ks: cluster counts, e.g. [100] or [100, 500].
         fraction / max_frames: frame sampling (see `FrameSampler`); the cap bounds memory.
+        workers: feature threads (MFCC on the CPU; None: one per torch thread).
     """
     if not ks:
         raise ValueError("give at least one K (--k 100)")
     extractor = make_feature_extractor(feature, device)
-    frames = sample_fit_frames(_stream(data, split)(), extractor, fraction=fraction, max_frames=max_frames, seed=seed)
+    frames = sample_fit_frames(_stream(data, split)(), extractor, fraction=fraction, max_frames=max_frames, seed=seed,
+                               workers=workers)
     if device is not None:
         frames = frames.to(device)
     models = []
@@ -79,8 +82,10 @@ def assign_label_sets(
     output_dir: str | Path,
     device: torch.device | str | None = None,
     split: str | None = None,
+    workers: int | None = None,
 ) -> LabelMetadata:
-    """Label every utterance with each model under ``kmeans`` (one model or an ensemble dir)."""
+    """Label every utterance with each model under ``kmeans`` (one model or an ensemble dir);
+    ``workers``: threads computing and labelling groups (MFCC on the CPU; None: one per torch thread)."""
     models = load_kmeans_models(kmeans)
     features = {model.feature for model in models}
     if len(features) != 1 or "" in features:
@@ -88,7 +93,7 @@ def assign_label_sets(
                          "an ensemble must share one feature spec")
     extractor = make_feature_extractor(features.pop(), device)
     return write_label_files(_stream(data, split)(), extractor, models, output_dir,
-                             kmeans_paths=[str(kmeans)], data=data if isinstance(data, str) else "")
+                             kmeans_paths=[str(kmeans)], data=data if isinstance(data, str) else "", workers=workers)
 
 
 def run_iterations(
@@ -105,6 +110,7 @@ def run_iterations(
     device: torch.device | str | None = None,
     split: str | None = None,
     cache_mib: float = 1024.0,
+    workers: int | None = None,
 ) -> dict[str, LabelMetadata]:
     """Iteration 1 (MFCC, K=``k_first``), then iteration 2 (``pretrained_model`` layer ``layer``,
     K=``k_second``) when a model is given. Returns the label metadata of each iteration.
@@ -122,7 +128,7 @@ def run_iterations(
         _, results[name] = fit_and_assign(
             _stream(data, split), make_feature_extractor(feature, device), [k], output_dir / name / "labels",
             kmeans_dir=output_dir / name / "kmeans", backend=backend, fraction=fraction, max_frames=max_frames,
-            seed=seed, cache_mib=cache_mib, data_spec=data if isinstance(data, str) else "",
+            seed=seed, cache_mib=cache_mib, data_spec=data if isinstance(data, str) else "", workers=workers,
         )
     return results
 

@@ -335,6 +335,8 @@ class MFCCFeatureExtractor:
         self.dim = config.dim
         self.frame_rate = config.frame_rate
         self.min_samples = config.window_size
+        # groups on worker threads (scratch buffers are per thread); on a GPU one stream does it
+        self.thread_safe = self.device.type == "cpu"
 
     def num_frames(self, num_samples: int) -> int:
         """Frames for a waveform of ``num_samples`` samples."""
