@@ -15,6 +15,13 @@ command). Each pipeline runs in its own subprocess so its peak RSS (ru_maxrss) i
 Audio is decoded before the clock starts (identical for both); the recipe keeps its feature
 "dump" in memory instead of writing .npy files (which favours it). Both write k{K}.km files.
 Inertia of both is computed on the same full set of frames with the same code.
+``--fairseq-shards N`` runs the recipe's MFCC dump as N processes at once (the README's
+``nshard`` jobs; forked with the audio already decoded, one torch thread each, started before
+the clock), which is how the recipe uses several cores; the fit (MiniBatchKMeans) is one job
+either way.
+
+    .venv/bin/python benchmarks/targets.py --k 100 --threads 2 --fairseq-shards 2 --repeats 5 \
+        --torchaudio-wheel ... --out benchmarks/results/targets_2threads.md
 """
 
 from __future__ import annotations
@@ -60,12 +67,42 @@ class Clock:
         self._wall, self._cpu = wall, cpu
 
 
-def run_fairseq(utterances, k: int, out: Path, seed: int, percent: float, mfcc) -> dict:
+_SHARD: dict = {}  # what forked shard workers inherit: the decoded utterances and the MFCC function
+
+
+def _dump_shard(bounds: tuple[int, int]) -> tuple[list[np.ndarray], float]:
+    """dump_mfcc_feature.py for one shard (a contiguous block of utterances), in a worker process;
+    also returns the worker's CPU seconds for it."""
+    began = time.process_time()
+    start, stop = bounds
+    return [_SHARD["mfcc"](w).numpy() for _, w in _SHARD["utterances"][start:stop]], time.process_time() - began
+
+
+def _shard_pool(utterances, mfcc, shards: int):
+    """``shards`` forked processes of one torch thread each, started (and warmed) before any clock."""
+    import multiprocessing
+
+    import torch
+
+    _SHARD.update(utterances=utterances, mfcc=mfcc)
+    pool = multiprocessing.get_context("fork").Pool(shards, initializer=torch.set_num_threads, initargs=(1,))
+    pool.map(_dump_shard, [(0, 1)] * shards)  # warm-up: imports and first calls outside the timed region
+    return pool
+
+
+def run_fairseq(utterances, k: int, out: Path, seed: int, percent: float, mfcc, pool=None, shards: int = 1) -> dict:
     from hfspeech.targets.kmeans import fit_kmeans
 
     clock = Clock()
-    dumped = [mfcc(w).numpy() for _, w in utterances]  # dump_mfcc_feature.py, one utterance at a time
+    if pool is None:
+        dumped = [mfcc(w).numpy() for _, w in utterances]  # dump_mfcc_feature.py, one utterance at a time
+    else:  # the README's `for rank in range(nshard)` jobs, run at once; features come back pickled (~ .npy I/O)
+        edges = np.linspace(0, len(utterances), shards + 1).astype(int)
+        results = pool.map(_dump_shard, list(zip(edges[:-1], edges[1:])))
+        dumped = [f for shard, _ in results for f in shard]
     clock.lap("mfcc")
+    if pool is not None:  # the shard processes' CPU time counts too
+        clock.times["mfcc_cpu_s"] += sum(cpu for _, cpu in results)
     np.random.seed(seed)  # learn_kmeans.py: load_feature_shard's --percent sampling of utterances
     if percent < 0:
         features = np.concatenate(dumped)
@@ -122,11 +159,19 @@ def child(args: argparse.Namespace) -> None:
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = Path(args.workdir) / args.mode
     out.mkdir(parents=True, exist_ok=True)
+    pool = None
+    if args.mode == "fairseq":
+        mfcc = reference_mfcc(args)
+        if args.fairseq_shards > 1:
+            pool = _shard_pool(utterances, mfcc, args.fairseq_shards)
     with threadpool_limits(args.threads):
         if args.mode == "ours":
             result = run_ours(utterances, args.k, out, args.seed, args.fraction)
         else:
-            result = run_fairseq(utterances, args.k, out, args.seed, args.percent, reference_mfcc(args))
+            result = run_fairseq(utterances, args.k, out, args.seed, args.percent, mfcc, pool, args.fairseq_shards)
+    if pool is not None:
+        pool.close()
+        pool.join()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the (untimed) inertia evaluation
     from hfspeech.targets.kmeans import compute_inertia
     from hfspeech.targets.mfcc import compute_mfcc_batch
@@ -152,6 +197,9 @@ def main() -> None:
     parser.add_argument("--fairseq-percent", type=float, nargs="+", default=[-1.0, 0.1],
                         help="learn_kmeans.py --percent values to run the recipe with (-1: all utterances)")
     parser.add_argument("--fraction", type=float, default=0.1, help="ours: fraction of frames sampled for the fit")
+    parser.add_argument("--fairseq-shards", type=int, default=1,
+                        help="recipe: run dump_mfcc_feature.py as this many shard processes at once (its nshard), "
+                             "one torch thread each; their CPU time is not in the CPU column")
     parser.add_argument("--torchaudio-wheel", default=None, help="torchaudio wheel for the recipe's MFCC")
     parser.add_argument("--workdir", default="/tmp/hfspeech_targets_bench")
     parser.add_argument("--out", type=Path, default=None, help="write a markdown table here")
@@ -167,7 +215,7 @@ def main() -> None:
         for name, mode, percent in pipelines:
             command = [sys.executable, __file__, "--mode", mode, "--k", str(args.k), "--threads", str(args.threads),
                        "--seed", str(args.seed), "--workdir", args.workdir, "--percent", str(percent),
-                       "--fraction", str(args.fraction)]
+                       "--fraction", str(args.fraction), "--fairseq-shards", str(args.fairseq_shards)]
             if args.limit is not None:
                 command += ["--limit", str(args.limit)]
             if args.torchaudio_wheel is not None:
@@ -182,7 +230,9 @@ def main() -> None:
     lines = [
         f"Medians of {args.repeats} runs per pipeline. K={args.k}, {ours['utterances']:.0f} utterances, "
         f"{ours['hours']:.2f} h, {ours['frames']:.0f} MFCC frames; {args.threads} thread(s) each; "
-        f"{platform.processor() or platform.machine()}. Recipe MFCC: {mfcc_name}, per utterance.",
+        f"{platform.processor() or platform.machine()}. Recipe MFCC: {mfcc_name}, per utterance"
+        + (f", as {args.fairseq_shards} shard processes at once (their CPU time is in the recipe's CPU column, "
+           "their memory is not in its RSS column)." if args.fairseq_shards > 1 else "."),
         "",
         "| pipeline | fit frames | MFCC s | fit s | assign s | total s | peak RSS MiB (audio alone) | inertia / frame |",
         "|---|---|---|---|---|---|---|---|",
