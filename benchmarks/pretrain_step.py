@@ -67,13 +67,9 @@ def prepare(directory: Path, size: str) -> None:
     ours.save_pretrained(directory / "hf-hubert")
 
 
-def run_one(directory: Path, implementation: str, objective: str, batch: int, seconds: float, repeats: int,
-            threads: int, reuse_freed: str = "hfspeech") -> dict:
-    if reuse_freed in (implementation, "both"):
-        from hfspeech.training.acceleration import reuse_freed_memory
-
-        if not reuse_freed_memory():
-            raise RuntimeError("reuse_freed_memory() did not apply (no glibc, or HFSPEECH_REUSE_FREED_MEMORY=0).")
+def make_step(directory: Path, implementation: str, objective: str, batch: int, seconds: float):
+    """One training step (forward + backward + AdamW) of ``implementation`` on a fixed random batch;
+    returns ``step()``, which runs it and returns nothing."""
     import numpy as np
     import transformers
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
@@ -81,7 +77,6 @@ def run_one(directory: Path, implementation: str, objective: str, batch: int, se
     import hfspeech  # noqa: F401  (registers classes)
     from hfspeech.modeling.pretraining import SpeechEncoderForPreTraining
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     samples = int(seconds * 16000)
@@ -99,9 +94,7 @@ def run_one(directory: Path, implementation: str, objective: str, batch: int, se
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-    def step() -> tuple[float, float, int]:
-        began, began_cpu = time.perf_counter(), time.process_time()
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    def step() -> None:
         if implementation == "hfspeech":
             extra = {"labels": labels} if objective == "hubert" else {}
             loss = model(audio, generator=generator, **extra).loss
@@ -118,6 +111,29 @@ def run_one(directory: Path, implementation: str, objective: str, batch: int, se
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def apply_allocator_setting(implementation: str, reuse_freed: str) -> None:
+    """Call `reuse_freed_memory` in this process if ``reuse_freed`` names it (or is ``both``)."""
+    if reuse_freed in (implementation, "both"):
+        from hfspeech.training.acceleration import reuse_freed_memory
+
+        if not reuse_freed_memory():
+            raise RuntimeError("reuse_freed_memory() did not apply (no glibc, or HFSPEECH_REUSE_FREED_MEMORY=0).")
+
+
+def run_one(directory: Path, implementation: str, objective: str, batch: int, seconds: float, repeats: int,
+            threads: int, reuse_freed: str = "hfspeech") -> dict:
+    apply_allocator_setting(implementation, reuse_freed)
+    torch.set_num_threads(threads)
+    train_step = make_step(directory, implementation, objective, batch, seconds)
+
+    def step() -> tuple[float, float, int]:
+        began, began_cpu = time.perf_counter(), time.process_time()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        train_step()
         return (time.perf_counter() - began, time.process_time() - began_cpu,
                 resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
