@@ -36,28 +36,50 @@ DEMO_MODEL = dict(
     num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4, layer_norm_first=True, feat_extract_norm="layer",
     hubert_num_clusters=[100], label_rate=100, hubert_final_dim=64, layerdrop=0.0, mask_time_length=5,
 )
+DEMO_FORMAT = 2  # bump when a stage's outputs change meaning (cached stages of other formats are redone)
 FULL = dict(train_sentences=160, dev_sentences=40, seen_sentences=30, pretrain_steps=150, finetune_steps=1600,
             beam_width=32, finetune_batch_seconds=20.0)
 QUICK = dict(train_sentences=24, dev_sentences=6, seen_sentences=1, pretrain_steps=4, finetune_steps=6, beam_width=8,
              finetune_batch_seconds=20.0)
 
 
-def run_stage(output: Path, name: str, function: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``function(stage_dir)`` unless ``stage_dir/result.json`` exists; record its wall time."""
+def run_stage(output: Path, name: str, function: Callable[[Path], dict[str, Any]], settings: Any = None,
+              redo: bool = False) -> dict[str, Any]:
+    """Run ``function(stage_dir)`` unless ``stage_dir/result.json`` exists; record its wall time.
+
+    ``settings`` (JSON-able) are saved with the result; a cached result made with other settings
+    (an earlier ``--quick`` run, an older demo) is not reused: the stage directory is cleared and
+    the stage runs again, as it does when ``redo`` is set (an earlier stage was re-run).
+    """
+    import shutil
+
     directory = output / name
     result_file = directory / "result.json"
-    if result_file.exists():
+    if reusable(directory, settings, redo):
         result = json.loads(result_file.read_text())
+        result.pop("settings", None)
         logger.info("[%s] reused (delete %s to redo it)", name, directory)
         return result
+    if result_file.exists() or (redo and directory.exists()):  # (without a result: an interrupted run to resume)
+        logger.info("[%s] %s; running it again", name,
+                    "an earlier stage was re-run" if redo else "the cached result was made with other settings")
+        shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     logger.info("[%s] running ...", name)
     began = time.perf_counter()
     result = function(directory)
     result["seconds"] = time.perf_counter() - began
-    result_file.write_text(json.dumps(result, indent=2))
+    result_file.write_text(json.dumps(result if settings is None else {**result, "settings": settings}, indent=2))
     logger.info("[%s] done in %.0f s", name, result["seconds"])
     return result
+
+
+def reusable(directory: Path, settings: Any = None, redo: bool = False) -> bool:
+    """Whether `run_stage` would reuse ``directory/result.json`` (there, same settings, no redo)."""
+    result_file = directory / "result.json"
+    if redo or not result_file.exists():
+        return False
+    return settings is None or json.loads(result_file.read_text()).get("settings") == settings
 
 
 def stage_corpus(directory: Path, settings: dict) -> dict:
@@ -198,16 +220,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_stages(output: Path, settings: dict) -> tuple[dict, Path]:
-    """Every stage in order (each reused when its result.json exists); returns results and the model dir."""
+    """Every stage in order, each reused when its result.json exists and was made with the same
+    settings (once one stage runs again, every later one does too); returns results and the model dir."""
     corpus = output / "corpus"
-    results = {"corpus": run_stage(output, "corpus", lambda d: stage_corpus(d, settings))}
-    results["labels"] = run_stage(output, "labels", lambda d: stage_labels(d, corpus))
-    results["pretrain"] = run_stage(output, "pretrain", lambda d: stage_pretrain(d, corpus, output / "labels" / "labels", settings))
-    pretrained = Path(results["pretrain"]["model"])
-    results["finetune"] = run_stage(output, "finetune", lambda d: stage_finetune(d, corpus, pretrained, settings))
-    model_dir = Path(results["finetune"]["model"])
-    results["lm"] = run_stage(output, "lm", lambda d: stage_lm(d, corpus, model_dir))
-    results["decode"] = run_stage(output, "decode", lambda d: stage_decode(d, corpus, model_dir, output / "lm", settings))
+    fingerprint = {"format": DEMO_FORMAT, "settings": settings, "model": DEMO_MODEL}
+    results: dict[str, dict] = {}
+    redo = False
+
+    def stage(name: str, function: Callable[[Path], dict[str, Any]]) -> dict:
+        nonlocal redo
+        runs = not reusable(output / name, fingerprint, redo)
+        results[name] = run_stage(output, name, function, fingerprint, redo)
+        redo = redo or runs
+        return results[name]
+
+    stage("corpus", lambda d: stage_corpus(d, settings))
+    stage("labels", lambda d: stage_labels(d, corpus))
+    pretrained = Path(stage("pretrain", lambda d: stage_pretrain(d, corpus, output / "labels" / "labels", settings))["model"])
+    model_dir = Path(stage("finetune", lambda d: stage_finetune(d, corpus, pretrained, settings))["model"])
+    stage("lm", lambda d: stage_lm(d, corpus, model_dir))
+    stage("decode", lambda d: stage_decode(d, corpus, model_dir, output / "lm", settings))
     return results, model_dir
 
 
@@ -223,7 +255,7 @@ def format_summary(results: dict, model_dir: Path) -> str:
         f"  dev WER, 4-gram LM beam    {100 * decode['wer_lm']:6.1f} %   (CER {100 * decode['cer_lm']:.1f} %)",
     ]
     seen = decode.get("seen")
-    if seen:  # absent in a decode stage cached by an older version
+    if seen:  # absent when the corpus has no "seen" split
         lines += [
             f"  seen voices, new sentences ({seen['utterances']} utterances):",
             f"    WER, greedy CTC          {100 * seen['wer_greedy']:6.1f} %   (CER {100 * seen['cer_greedy']:.1f} %)",

@@ -24,3 +24,37 @@ def test_quick_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     # a second run reuses every finished stage
     assert main(["--output", str(tmp_path), "--quick"]) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["labels"] == summary["labels"]
+
+
+def test_stages_are_reused_only_with_the_same_settings_and_redone_after_an_earlier_stage(tmp_path, monkeypatch):
+    """A cached `--quick` result is not reused by a full run; re-running a stage re-runs every later one."""
+    import hfspeech.demo as demo
+
+    ran = []
+
+    def fake(name, model=False):
+        def stage(directory, *args):
+            ran.append(name)
+            (directory / "output.txt").write_text(name)
+            return {"model": str(directory / "model")} if model else {"value": name}
+        return stage
+
+    for name in ("corpus", "labels", "lm", "decode"):
+        monkeypatch.setattr(demo, f"stage_{name}", fake(name))
+    monkeypatch.setattr(demo, "stage_pretrain", fake("pretrain", model=True))
+    monkeypatch.setattr(demo, "stage_finetune", fake("finetune", model=True))
+    everything = ["corpus", "labels", "pretrain", "finetune", "lm", "decode"]
+
+    demo.run_stages(tmp_path, demo.QUICK)
+    assert ran == everything
+    ran.clear()
+    results, _ = demo.run_stages(tmp_path, demo.QUICK)
+    assert ran == [] and results["lm"] == {"value": "lm", "seconds": results["lm"]["seconds"]}
+    demo.run_stages(tmp_path, demo.FULL)  # other settings: nothing cached is reused
+    assert ran == everything
+    ran.clear()
+    (tmp_path / "pretrain" / "result.json").unlink()  # e.g. deleted to redo it: it and what follows run again
+    (tmp_path / "finetune" / "stale.txt").write_text("from the previous fine-tuning")
+    demo.run_stages(tmp_path, demo.FULL)
+    assert ran == ["pretrain", "finetune", "lm", "decode"]
+    assert not (tmp_path / "finetune" / "stale.txt").exists()

@@ -9,10 +9,9 @@ and yields ``(utterance_ids, num_samples, features [(T_i, D)])``. Both the k-mea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Protocol
-
-import logging
 
 import numpy as np
 import torch
@@ -88,14 +87,13 @@ def iter_feature_groups(
     batch_seconds: float = 200.0,
     progress: bool = True,
     workers: int | None = 1,
-) -> Iterator["FeatureGroup"]:
+) -> Iterator[FeatureGroup]:
     """Yield ``(utterance_ids, num_samples, features [(T_i, D)])`` per group of at most
     ``batch_seconds`` of audio (one utterance longer than that forms its own group).
 
     ``workers > 1`` (None: one per torch thread) computes that many groups at once on threads
     (`map_in_order`) when the extractor says it can (``thread_safe``, as the MFCC extractor on
     the CPU does); the groups and their order are the same either way."""
-
     groups = audio_groups(utterances, extractor.name, batch_seconds, progress)
     yield from map_in_order(lambda group: compute_feature_group(extractor, group), groups, usable_workers(extractor, workers))
 
@@ -109,7 +107,7 @@ def usable_workers(extractor: FeatureExtractor, workers: int | None) -> int:
     return default_workers() if workers is None else int(workers)
 
 
-def compute_feature_group(extractor: FeatureExtractor, group: tuple[list[str], list[np.ndarray]]) -> "FeatureGroup":
+def compute_feature_group(extractor: FeatureExtractor, group: tuple[list[str], list[np.ndarray]]) -> FeatureGroup:
     """``(utterance_ids, waveforms)`` of `audio_groups` -> its feature group."""
     names, waveforms = group
     return names, [len(w) for w in waveforms], extractor.batch(waveforms, names)
