@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..configuration import SpeechEncoderConfig
 from .dropout import Dropout, attention
+from .linear import Linear
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -45,10 +46,10 @@ class SelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.dropout = config.attention_dropout
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.q_proj = Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """key_mask: (B, 1, 1, T) bool, True where a key may be attended to, or None."""
@@ -69,9 +70,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: SpeechEncoderConfig) -> None:
         super().__init__()
-        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate = Linear(config.hidden_size, config.intermediate_size)
         self.activation_dropout = Dropout(config.activation_dropout)
-        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output = Linear(config.intermediate_size, config.hidden_size)
         self.output_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

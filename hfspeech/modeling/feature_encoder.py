@@ -25,6 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from ..configuration import SpeechEncoderConfig
 from .dropout import Dropout
+from .linear import Linear
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernels: list[int], strides: list[int]) -> torch.Tensor:
@@ -392,7 +393,7 @@ class FeatureProjection(nn.Module):
     def __init__(self, config: SpeechEncoderConfig) -> None:
         super().__init__()
         self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
-        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+        self.projection = Linear(config.conv_dim[-1], config.hidden_size)
         self.dropout = Dropout(config.feat_proj_dropout)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,8 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .linear import Linear
+
 __all__ = ["GumbelProductQuantizer", "QuantizerOutput", "gumbel_temperature"]
 
 
@@ -89,7 +91,7 @@ class GumbelProductQuantizer(nn.Module):
         self.codevectors = nn.Parameter(
             torch.empty(1, self.num_groups * self.num_vars, config.codevector_dim // self.num_groups)
         )
-        self.weight_proj = nn.Linear(config.conv_dim[-1], self.num_groups * self.num_vars)
+        self.weight_proj = Linear(config.conv_dim[-1], self.num_groups * self.num_vars)
         self.temperature_max = float(config.gumbel_temperature_max)
         self.temperature_min = float(config.gumbel_temperature_min)
         self.temperature_decay = float(config.gumbel_temperature_decay)

@@ -25,6 +25,8 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from ..linear import Linear
+
 __all__ = ["HubertObjective", "HubertObjectiveOutput", "align_labels_to_frames", "FRAME_RATE_HZ"]
 
 FRAME_RATE_HZ = 50
@@ -151,7 +153,7 @@ class HubertObjective(nn.Module):
         final_dim = config.hubert_final_dim
         self.untie_final_proj = bool(config.hubert_untie_final_proj)
         num_sets = len(self.num_clusters) if self.untie_final_proj else 1
-        self.final_proj = nn.Linear(config.hidden_size, final_dim * num_sets)
+        self.final_proj = Linear(config.hidden_size, final_dim * num_sets)
         self.label_embeddings = nn.Parameter(torch.empty(sum(self.num_clusters), final_dim))
         self.init_weights_()
 

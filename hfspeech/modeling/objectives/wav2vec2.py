@@ -32,6 +32,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..masking import sample_negative_indices
+from ..linear import Linear
 from ..quantizer import GumbelProductQuantizer
 
 __all__ = ["Wav2Vec2Objective", "Wav2Vec2ObjectiveOutput", "contrastive_accuracy"]
@@ -90,8 +91,8 @@ class Wav2Vec2Objective(nn.Module):
         super().__init__()
         self.config = config
         self.quantizer = GumbelProductQuantizer(config)
-        self.project_hid = nn.Linear(config.hidden_size, config.proj_codevector_dim)
-        self.project_q = nn.Linear(config.codevector_dim, config.proj_codevector_dim)
+        self.project_hid = Linear(config.hidden_size, config.proj_codevector_dim)
+        self.project_q = Linear(config.codevector_dim, config.proj_codevector_dim)
 
     def set_num_updates(self, num_updates: int) -> None:
         """Anneal the Gumbel temperature; call once per optimizer update."""
