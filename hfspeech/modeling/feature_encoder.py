@@ -3,8 +3,7 @@
 Padding never changes the output of a valid frame: each conv is a "valid" convolution,
 so frame t only reads samples of its own utterance, and the group-norm variant
 normalises every channel over the *valid* frames of each utterance only (fairseq and
-transformers normalise over the padded length, so padded base models drift; transformers
-issue 21534).
+transformers normalise over the padded length: padded base models drift, transformers #21534).
 
 The conv stack runs oneDNN's conv on (B, C, 1, T) tensors, channels-first, or time-major
 (``channels_last``) for narrow stacks (`CHANNELS_LAST_MAX_CHANNELS`); the encoder returns a
