@@ -23,19 +23,21 @@ from typing import Any
 
 import numpy as np
 
-from .feature_groups import (  # noqa: F401 - re-exported: these lived here before feature_groups.py
+from .feature_groups import (
     SAMPLE_RATE,
     FeatureExtractor,
     FeatureGroup,
     audio_groups,
     compute_feature_group,
     concatenate_frames,
-    iter_feature_batches,
     iter_feature_groups,
+    usable_workers,
+)
+from .feature_groups import (  # noqa: F401 - re-exported: they lived here before feature_groups.py
+    iter_feature_batches,
     iter_source_utterances,
     make_feature_extractor,
     sample_fit_frames,
-    usable_workers,
 )
 from .kmeans import KMeansModel
 from .parallel import map_in_order, pipeline_threads

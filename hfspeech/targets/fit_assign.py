@@ -28,16 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .assign import (
+from .assign import LabelMetadata, write_label_groups
+from .feature_groups import (
     FeatureExtractor,
     FeatureGroup,
-    LabelMetadata,
     audio_groups,
     compute_feature_group,
     concatenate_frames,
     iter_feature_groups,
     usable_workers,
-    write_label_groups,
 )
 from .kmeans import FrameSampler, KMeansModel, fit_kmeans
 from .parallel import pipeline_threads
