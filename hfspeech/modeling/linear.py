@@ -2,9 +2,9 @@
 
 PyTorch's CPU ``F.linear`` calls MKL's sgemm. MKL picks its kernels by CPU vendor: on AMD
 processors it runs its AVX2 code even where the CPU has AVX-512, so on this project's EPYC
-machine sgemm stays at ~105 GFLOP/s per core while oneDNN (which PyTorch ships for its
-convolutions and dispatches on the instruction set) reaches ~215 GFLOP/s on the same product
-(`benchmarks/RESULTS.md`). `Linear` sends the three products of a training step (output, input
+machine sgemm stays at ~110 GFLOP/s per core while oneDNN (which PyTorch ships for its
+convolutions and dispatches on the instruction set) reaches ~225-245 GFLOP/s on the same
+products (`benchmarks/linear.py`, `benchmarks/RESULTS.md`). `Linear` sends the three products of a training step (output, input
 gradient, weight gradient) through oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``,
 which takes dense and transposed views without copies) when that can pay:
 
