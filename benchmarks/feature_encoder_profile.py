@@ -1,0 +1,63 @@
+"""Where hfspeech's conv feature encoder spends a training step: forward + backward CPU time and
+the most expensive ops (torch.profiler self time, grouped by input shape).
+
+    .venv/bin/python benchmarks/feature_encoder_profile.py --size tiny
+
+One torch thread, the allocator setting of our training loops (`reuse_freed_memory`), a random
+4 x 4 s batch, the preset's HuBERT configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import profile
+
+from hfspeech.configuration import SpeechEncoderConfig
+from hfspeech.modeling.feature_encoder import FeatureEncoder
+from hfspeech.training.acceleration import reuse_freed_memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rows", type=int, default=12)
+    args = parser.parse_args()
+    reuse_freed_memory()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    encoder = FeatureEncoder(SpeechEncoderConfig.from_preset(args.size, objective="hubert"))
+    audio = torch.randn(args.batch, int(args.seconds * 16000))
+    grad = torch.randn_like(encoder(audio))
+
+    def step() -> None:
+        encoder.zero_grad(set_to_none=True)
+        encoder(audio).backward(grad)
+
+    for _ in range(3):
+        step()
+    began = time.process_time()
+    for _ in range(args.steps):
+        step()
+    print(f"{args.size} feature encoder, forward + backward: {1e3 * (time.process_time() - began) / args.steps:.2f} ms CPU")
+    with profile(record_shapes=True) as profiler:
+        for _ in range(5):
+            step()
+    events = sorted(profiler.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    for event in events[: args.rows]:
+        print(f"{event.key:32s} {event.self_cpu_time_total / 5e3:6.2f} ms/step  {str(event.input_shapes)[:90]}")
+    # the same GELU alone, on a tensor of the first block's output shape that stays in cache
+    first = torch.randn(args.batch, int(args.seconds * 16000 - 10) // 5 + 1, encoder.conv_layers[0].conv.out_channels)
+    began = time.process_time()
+    for _ in range(50):
+        torch.nn.functional.gelu(first)
+    print(f"GELU alone on {tuple(first.shape)}, repeated: {1e3 * (time.process_time() - began) / 50:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
