@@ -43,20 +43,14 @@ def profile_one(directory: Path, implementation: str, objective: str, args: argp
     apply_allocator_setting(implementation, "both")
     torch.set_num_threads(1)
     step = make_step(directory, implementation, objective, args.batch, args.seconds)
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        began = time.process_time()
-        step()
-        times.append(time.process_time() - began)
+    median_ms = _median_step_cpu_ms(step, args)
     with profile() as profiler:
         for _ in range(args.profiled):
             step()
     self_times = {event.key: event.self_cpu_time_total for event in profiler.key_averages()}
     total = sum(self_times.values())
     shared = {name: self_times.get(name, 0.0) / args.profiled / 1e3 for name in SHARED_KERNELS}
-    return {"median_step_cpu_ms": 1e3 * statistics.median(times), "profiled_step_ms": total / args.profiled / 1e3,
+    return {"median_step_cpu_ms": median_ms, "profiled_step_ms": total / args.profiled / 1e3,
             "shared_kernels_ms": shared, "shared_fraction": sum(shared.values()) * args.profiled * 1e3 / total,
             "without_feature_encoder_ms": _step_without_feature_encoder(directory, implementation, objective, args)}
 
@@ -84,7 +78,14 @@ def _step_without_feature_encoder(directory: Path, implementation: str, objectiv
         return cached["features"].clone().requires_grad_()
 
     encoder_class.forward = cached_forward
-    step = make_step(directory, implementation, objective, args.batch, args.seconds)
+    try:
+        return _median_step_cpu_ms(make_step(directory, implementation, objective, args.batch, args.seconds), args)
+    finally:
+        encoder_class.forward = compute
+
+
+def _median_step_cpu_ms(step, args: argparse.Namespace) -> float:
+    """``args.warmup`` untimed steps, then the median CPU time (ms) of ``args.steps`` steps."""
     for _ in range(args.warmup):
         step()
     times = []
@@ -92,7 +93,6 @@ def _step_without_feature_encoder(directory: Path, implementation: str, objectiv
         began = time.process_time()
         step()
         times.append(time.process_time() - began)
-    encoder_class.forward = compute
     return 1e3 * statistics.median(times)
 
 
