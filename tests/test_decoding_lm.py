@@ -153,3 +153,34 @@ def test_install_script_is_idempotent_and_checks_its_argument(tmp_path):
     prefix = Path(lm_build.find_kenlm_binary("lmplz")).parent.parent
     again = subprocess.run(["bash", str(script), str(prefix)], capture_output=True, text=True, timeout=30)
     assert again.returncode == 0 and "already installed" in again.stdout
+
+
+def test_lm_unigrams_and_tokenizer_transcripts_agree_character_for_character(tmp_path):
+    """The LM corpus and the CTC targets go through the same normaliser: the same text gives the
+    LM the very words the tokenizer encodes (and the CTC collator's labels spell)."""
+    import numpy as np
+
+    from hfspeech.cli import main
+    from hfspeech.data import CTCCollator, TextNormalizer
+    from hfspeech.processing import CharacterCTCTokenizer
+
+    crafted = tmp_path / "crafted.txt"
+    crafted.write_text("\u2018Caf\u00e9\u2019 na\u00efve\u2014Zo\u00eb\u02bcs well-known self_made and/or `tis "
+                       "1/2 past o\u2019clock\n\nDON'T stop: it\u2019s 4 o'clock, Jos\u00e9!\n", encoding="utf-8")
+    texts = [TEXT, crafted]
+    assert main(["lm", "build", *map(str, texts), str(tmp_path / "lm"), "--order", "2"]) == 0
+    unigrams = (tmp_path / "lm" / "unigrams.txt").read_text(encoding="utf-8").split()
+    tokenizer = CharacterCTCTokenizer()  # the LibriSpeech vocabulary, `lm build`'s default alphabet
+    normalizer = TextNormalizer(on_unknown="remove")
+    collator = CTCCollator(tokenizer=tokenizer, text_normalizer=normalizer)
+    transcript_words = set()
+    for path in texts:
+        for sentence in iter_sentences(path, line_per_sentence=False):
+            labels = collator([{"audio": np.zeros(400, dtype=np.float32), "text": sentence, "id": "x"}])["labels"][0]
+            ids = [int(i) for i in labels if i >= 0]
+            assert tokenizer.unk_token_id not in ids
+            transcript = tokenizer.decode(ids, group_tokens=False)
+            transcript_words.update(transcript.split())
+    assert transcript_words == set(unigrams) and len(unigrams) == len(set(unigrams))
+    assert {"CAFE", "NAIVE", "ZOE'S", "WELL", "KNOWN", "SELF", "MADE", "TIS", "O'CLOCK", "DON'T", "IT'S", "JOSE"} \
+        <= set(unigrams)

@@ -121,6 +121,19 @@ def test_tuning_beats_the_default_weights(vocabulary, lm_dir, dev_set, tmp_path)
         tune_lm_weights(dev_set, DecoderSpec(vocabulary.labels, "flashlight"))
 
 
+def test_references_are_normalised_like_the_ctc_targets_and_the_lm(dev_set, caplog):
+    """Raw references (curly apostrophes, accents, punctuation, a digit) score against the
+    model's alphabet: the cache holds what TextNormalizer makes of them, the digit is reported."""
+    log_probs = dev_set.log_probs[:2]
+    with caplog.at_level("WARNING", logger="hfspeech.decoding.emissions"):
+        cache = EmissionsCache(log_probs, ["Don\u2019t stop, Zo\u00eb!", "Room 4 \u2014 well-known."], ["u1", "u2"],
+                               dev_set.vocabulary)
+    assert cache.references == ["DON'T STOP ZOE", "ROOM WELL KNOWN"]
+    assert "references: removed 4 characters" in caplog.text and "1 of them are digits" in caplog.text
+    perfect = error_report(cache.references, ["DON'T STOP ZOE", "ROOM WELL KNOWN"])
+    assert perfect.wer == 0.0
+
+
 def test_error_report_matches_jiwer_and_hand_counts():
     references = ["THE CAT SAT", "A B C", "HELLO WORLD"]
     hypotheses = ["THE CAT SAT", "A X C D", "HELLO"]

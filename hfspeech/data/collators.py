@@ -24,6 +24,7 @@ import torch
 
 from .audio import TARGET_SAMPLE_RATE
 from .cropping import FAIRSEQ_MAX_SAMPLES, crop_windows
+from .text import TextNormalizer
 
 NORMALIZE_EPSILON = 1e-7
 
@@ -79,8 +80,9 @@ class CTCCollator:
             with ``(list_of_arrays, sampling_rate=16000, padding=True,
             return_attention_mask=True, return_tensors="pt")``; replaces ``normalize``.
         normalize: per-utterance zero-mean/unit-variance over valid samples.
-        text_normalizer: optional ``str -> str`` applied before the tokenizer
-            (e.g. :class:`hfspeech.data.text.TextNormalizer`).
+        text_normalizer: optional ``str -> str`` applied before the tokenizer, normally the
+            :class:`hfspeech.data.text.TextNormalizer` the tokenizer's transcripts were made with
+            (its errors then name the example's ``id``).
         pad_to_multiple_of: pad the sample axis to a multiple of this.
     """
 
@@ -106,7 +108,9 @@ class CTCCollator:
             raise ValueError(f"example {example.get('id')} has neither 'labels' nor 'text'; CTC needs transcripts")
         if self.tokenizer is None:
             raise ValueError("CTCCollator needs a tokenizer to turn 'text' into labels")
-        if self.text_normalizer is not None:
+        if isinstance(self.text_normalizer, TextNormalizer):
+            text = self.text_normalizer(text, example.get("id"))  # errors name the utterance
+        elif self.text_normalizer is not None:
             text = self.text_normalizer(text)
         encoded = self.tokenizer(text)
         if isinstance(encoded, Mapping):

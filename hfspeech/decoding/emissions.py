@@ -8,7 +8,8 @@ key                  shape/dtype  meaning
 ===================  ===========  ==================================================
 ``log_probs``        (ΣT, V) f32  every utterance's frames, concatenated
 ``lengths``          (N,) i64     frames per utterance (they sum to ΣT)
-``references``       (N,) str     reference transcripts ("" when unknown)
+``references``       (N,) str     reference transcripts ("" when unknown), normalised
+                                  to the labels' alphabet (see :func:`normalize_references`)
 ``utterance_ids``    (N,) str     utterance identifiers
 ``labels``           (V,) str     model label per output ('' blank/special, ' ' delimiter)
 ``blank_index``      () i64       CTC blank index
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from hfspeech.data.text import describe_removed
 from hfspeech.decoding.vocabulary import CTCVocabulary
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,8 @@ class EmissionsCache:
 
     Attributes:
         log_probs: N arrays of shape (T_i, V).
-        references: N reference transcripts ("" when unknown).
+        references: N reference transcripts ("" when unknown), normalised to the vocabulary's
+            alphabet on construction (:func:`normalize_references`).
         utterance_ids: N identifiers.
         vocabulary: the model's labels.
         seconds_per_frame: frame stride in seconds.
@@ -69,6 +73,7 @@ class EmissionsCache:
             self.vocabulary.check_log_probs(item, name=f"emissions of {self.utterance_ids[index]!r}")
             for index, item in enumerate(self.log_probs)
         ]
+        self.references = normalize_references(self.references, self.vocabulary)
 
     def __len__(self) -> int:
         return len(self.log_probs)
@@ -129,6 +134,25 @@ class EmissionsCache:
                 seconds_per_frame=float(archive["seconds_per_frame"]),
                 metadata=json.loads(str(archive["metadata"])),
             )
+
+
+def normalize_references(references: Sequence[str], vocabulary: CTCVocabulary) -> list[str]:
+    """References in ``vocabulary``'s alphabet, by the rules of :mod:`hfspeech.data.text`.
+
+    These are the rules of the CTC targets and of the LM corpus, so WER compares like with like
+    (``"Don’t stop."`` scores against the hypothesis ``DON'T STOP``). Characters the alphabet
+    cannot spell (digits, punctuation) are removed and logged in one warning.
+    """
+    normalizer = vocabulary.text_normalizer()
+    removed: Counter = Counter()
+    normalized = []
+    for reference in references:
+        text, dropped = normalizer.normalize(str(reference))
+        removed.update(dropped)
+        normalized.append(text)
+    if removed:
+        logger.warning("%s", describe_removed(removed, "references"))
+    return normalized
 
 
 def cached_emissions(path: str | Path, compute: Callable[[], EmissionsCache]) -> EmissionsCache:

@@ -23,12 +23,13 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from hfspeech.data.text import describe_removed
 from hfspeech.decoding.vocabulary import CTCVocabulary
 
 logger = logging.getLogger(__name__)
@@ -109,13 +110,16 @@ def normalize_corpus(
     output_path: str | Path,
     line_per_sentence: bool = False,
     encoding: str = "utf-8",
+    text_hook: Callable[[str], str] | None = None,
 ) -> tuple[int, int, Counter]:
     """Write the text files, one normalised sentence per line, to ``output_path``.
 
-    See :func:`iter_sentences` for how sentences are found. Returns the number of
-    sentences, the number of words and the Counter of characters removed because the
-    vocabulary cannot spell them.
+    See :func:`iter_sentences` for how sentences are found; every sentence goes through
+    ``vocabulary.text_normalizer(hook=text_hook)`` (the rules of :mod:`hfspeech.data.text`,
+    the same as the CTC transcripts'). Returns the number of sentences, the number of words
+    and the Counter of characters removed because the vocabulary cannot spell them.
     """
+    normalizer = vocabulary.text_normalizer(hook=text_hook)
     sentences = words = 0
     removed: Counter = Counter()
     with open(output_path, "w", encoding="utf-8") as out:
@@ -126,7 +130,7 @@ def normalize_corpus(
             try:
                 for sentence in tqdm(iter_sentences(path, line_per_sentence, encoding),
                                      desc=f"normalising {path.name}", unit=" sentences", leave=False):
-                    normalized, dropped = vocabulary.normalize_text(sentence)
+                    normalized, dropped = normalizer.normalize(sentence)
                     removed.update(dropped)
                     if normalized:
                         out.write(normalized + "\n")
@@ -235,6 +239,7 @@ def build_language_model(
     keep_arpa: bool = True,
     line_per_sentence: bool = False,
     encoding: str = "utf-8",
+    text_hook: Callable[[str], str] | None = None,
 ) -> LanguageModelFiles:
     """Build a KenLM word n-gram model from text files.
 
@@ -252,6 +257,8 @@ def build_language_model(
         line_per_sentence: each non-empty line is a sentence (transcripts); otherwise
             paragraphs are split into sentences at . ! ? (books with wrapped lines).
         encoding: text encoding of every file (``"latin-1"`` for old ISO-8859 texts).
+        text_hook: ``str -> str`` run on every sentence before the normalisation rules (e.g. to
+            spell out numbers); the CTC transcripts need the same hook to agree with the LM.
     """
     if not 2 <= order <= 6:
         raise ValueError(f"order={order}: KenLM here is built for orders 2..6; pick e.g. 3 or 4.")
@@ -271,13 +278,10 @@ def build_language_model(
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     corpus_path = directory / "corpus.txt"
-    sentences, words, removed = normalize_corpus(text_paths, vocabulary, corpus_path, line_per_sentence, encoding)
+    sentences, words, removed = normalize_corpus(text_paths, vocabulary, corpus_path, line_per_sentence, encoding,
+                                                 text_hook)
     if removed:
-        logger.info(
-            "removed %d characters the vocabulary cannot spell (most common: %s)",
-            sum(removed.values()),
-            removed.most_common(10),
-        )
+        logger.info("%s", describe_removed(removed, "LM text"))
     arpa_path = directory / ARPA_NAME
     command = [str(lmplz), "-o", str(order), "-S", memory, "-T", str(directory), "--text",
                str(corpus_path), "--arpa", str(arpa_path)]

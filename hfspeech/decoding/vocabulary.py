@@ -8,19 +8,20 @@ for the word delimiter (``|``) and one character for every other token.
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hfspeech.data.text import CTC_ALPHABET, TextNormalizer, letter_case
+
 WORD_DELIMITER_TOKEN = "|"
 # Emission rows must sum to 1 in probability; fp16 model outputs are off by ~1e-3 at most.
 LOG_PROB_TOLERANCE = 0.02
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,7 @@ class CTCVocabulary:
     @property
     def case(self) -> str:
         """``"upper"``, ``"lower"`` or ``"mixed"``: the case of the alphabet's letters."""
-        letters = [char for char in self.alphabet if char.isalpha()]
-        if letters and all(char.isupper() for char in letters):
-            return "upper"
-        if letters and all(char.islower() for char in letters):
-            return "lower"
-        return "mixed"
+        return letter_case(self.alphabet)
 
     def check_log_probs(self, log_probs: np.ndarray, name: str = "log_probs") -> np.ndarray:
         """Validate emissions of shape (T, V) against this vocabulary; return float32 (T, V)."""
@@ -165,43 +161,25 @@ class CTCVocabulary:
             dtype=np.float32,
         )
 
-    def normalize_text(self, text: str) -> tuple[str, Counter]:
-        """Normalise one line of text to this vocabulary.
+    def text_normalizer(self, on_unknown: str = "remove", hook: Callable[[str], str] | None = None) -> TextNormalizer:
+        """The :class:`~hfspeech.data.text.TextNormalizer` of this vocabulary (its alphabet and the space)."""
+        return TextNormalizer(self.alphabet | {" "}, hook=hook, on_unknown=on_unknown)
 
-        Case follows the alphabet, typographic apostrophes become ``'``, accents are
-        stripped (``é`` -> ``E``), hyphens and dashes separate words, and every other
-        character outside the alphabet is removed and counted.
+    @cached_property
+    def _removing_normalizer(self) -> TextNormalizer:
+        return self.text_normalizer()
+
+    def normalize_text(self, text: str) -> tuple[str, Counter]:
+        """Normalise one line of text to this vocabulary, removing what it cannot spell.
+
+        The rules are :mod:`hfspeech.data.text`'s (case, apostrophes, accents, hyphens and
+        dashes, quotes); every character outside the alphabet is removed and counted.
 
         Returns:
             The normalised line (words separated by single spaces) and a Counter of the
             removed characters.
         """
-        text = text.translate(_APOSTROPHES)
-        if self.case == "upper":
-            text = text.upper()
-        elif self.case == "lower":
-            text = text.lower()
-        alphabet = self.alphabet
-        kept: list[str] = []
-        removed: Counter = Counter()
-        for char in text:
-            if char in alphabet:
-                kept.append(char)
-                continue
-            if char.isspace() or char in "-\u2013\u2014_/":
-                kept.append(" ")
-                continue
-            base = "".join(
-                part for part in unicodedata.normalize("NFKD", char) if not unicodedata.combining(part)
-            )
-            if base and all(part in alphabet for part in base):
-                kept.append(base)
-            else:
-                removed[char] += 1
-        words = "".join(kept).split()
-        # Apostrophes only belong inside words ("DON'T"); quotes around words are dropped.
-        words = [word.strip("'") for word in words]
-        return " ".join(word for word in words if word), removed
+        return self._removing_normalizer.normalize(text)
 
     def unknown_characters(self, words: Iterable[str]) -> dict[str, list[str]]:
         """Characters of ``words`` outside the alphabet -> up to 5 example words each."""
@@ -228,8 +206,8 @@ def check_words_match_vocabulary(words: Iterable[str], vocabulary: CTCVocabulary
         )
 
 
-# The lead's CharacterCTCTokenizer default (LibriSpeech): specials, delimiter, apostrophe, A-Z.
-DEFAULT_LABELS: tuple[str, ...] = ("", "", "", "", " ", "'", *(chr(code) for code in range(ord("A"), ord("Z") + 1)))
+# CharacterCTCTokenizer's default (LibriSpeech): four specials, the delimiter, then hfspeech.data.text's alphabet.
+DEFAULT_LABELS: tuple[str, ...] = ("", "", "", "", " ", *CTC_ALPHABET)
 
 
 def load_vocabulary(path: str | Path | None) -> CTCVocabulary:

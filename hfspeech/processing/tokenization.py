@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import groupby
@@ -23,12 +22,14 @@ from typing import Any
 from transformers.tokenization_python import PreTrainedTokenizer
 from transformers.tokenization_utils_base import AddedToken
 
+from ..data.text import CTC_ALPHABET
+
 logger = logging.getLogger(__name__)
 
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 WORD_DELIMITER = "|"
-LIBRISPEECH_CHARACTERS = "'" + string.ascii_uppercase
+LIBRISPEECH_CHARACTERS = CTC_ALPHABET
 # Label positions that CTC ignores (padding of `labels`); decode skips them.
 IGNORE_INDEX = -100
 
