@@ -31,7 +31,10 @@ from .kmeans import FrameSampler, KMeansModel, compute_inertia, fit_kmeans, load
 from .layer_features import LayerFeatureReader, load_feature_model, num_conv_frames
 from .mfcc import MFCCConfig, MFCCFeatureExtractor, compute_mfcc, compute_mfcc_batch, num_mfcc_frames
 from .quality import (
+    DEFAULT_MAX_UNCOVERED_SECONDS,
+    FrameAlignment,
     QualityReport,
+    align_frames,
     measure_quality,
     plot_co_occurrence,
     quality_from_counts,
@@ -41,8 +44,8 @@ from .quality import (
 )
 
 __all__ = [
-    "FeatureCache", "FrameSampler", "KMeansModel", "LabelMetadata", "LayerFeatureReader", "MFCCConfig",
-    "MFCCFeatureExtractor", "QualityReport", "add_label_columns", "assign_label_sets", "check_label_length", "check_label_rate",
+    "DEFAULT_MAX_UNCOVERED_SECONDS", "FeatureCache", "FrameAlignment", "FrameSampler", "KMeansModel", "LabelMetadata", "LayerFeatureReader", "MFCCConfig",
+    "MFCCFeatureExtractor", "QualityReport", "add_label_columns", "align_frames", "assign_label_sets", "check_label_length", "check_label_rate",
     "compute_deltas", "compute_inertia", "compute_mfcc", "compute_mfcc_batch", "fit_and_assign", "fit_kmeans",
     "fit_label_sets",
     "iter_labels", "iter_source_utterances", "load_feature_model", "load_kmeans_models", "make_feature_extractor",

@@ -6,8 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
+from .quality import DEFAULT_MAX_UNCOVERED_SECONDS
+
 
 WORKERS_HELP = "threads computing and labelling MFCC feature groups at once (default: torch's thread count, one per core)"
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -62,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument("--alignments", type=Path, required=True,
                          help="directory of TIMIT-style .phn files, or a frame-level .tsv (ID<TAB>phones)")
     quality.add_argument("--alignment-rate", type=float, default=100.0, help="frame rate of a .tsv alignment (Hz)")
+    quality.add_argument("--max-uncovered", type=_non_negative_float, default=DEFAULT_MAX_UNCOVERED_SECONDS,
+                         metavar="SECONDS",
+                         help="audio an utterance's alignment may leave uncovered (trailing/leading silence, gaps); "
+                              "uncovered frames are not scored but reported; an utterance with more is refused "
+                              f"(default {DEFAULT_MAX_UNCOVERED_SECONDS:g} s)")
     quality.add_argument("--heatmap", type=Path, default=None, help="write p(phone|cluster) PNGs with this prefix")
     quality.add_argument("--json", action="store_true", help="print JSON instead of a table")
     quality.set_defaults(func=run_quality)
@@ -126,18 +140,28 @@ def run_quality(args: argparse.Namespace) -> int:
         alignments = read_phn_directory(args.alignments)
     results = {}
     for k, rows in label_sets.items():
-        report, counts, phones = measure_quality(dict(zip(ids, rows)), alignments, metadata.label_rate)
+        report, counts, phones = measure_quality(dict(zip(ids, rows)), alignments, metadata.label_rate,
+                                                 max_uncovered_seconds=args.max_uncovered,
+                                                 rate_source=str(args.labels / "labels.json"))
         results[f"k{k}"] = report.to_dict()
         if args.heatmap is not None:
             path = plot_co_occurrence(counts, phones, f"{args.heatmap}_k{k}.png", title=f"{metadata.feature} K={k}")
             results[f"k{k}"]["heatmap"] = str(path)
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
-        print("labels\tPNMI\tphone_purity\tcluster_purity\tframes\tutterances")
-        for name, r in results.items():
-            print(f"{name}\t{r['pnmi']:.4f}\t{r['phone_purity']:.4f}\t{r['cluster_purity']:.4f}\t"
-                  f"{r['num_frames']}\t{r['num_utterances']}")
+        return 0
+    print("labels\tPNMI\tphone_purity\tcluster_purity\tframes\tutterances\tuncovered_frames\tuncovered_utterances")
+    for name, r in results.items():
+        print(f"{name}\t{r['pnmi']:.4f}\t{r['phone_purity']:.4f}\t{r['cluster_purity']:.4f}\t"
+              f"{r['num_frames']}\t{r['num_utterances']}\t{r['uncovered_frames']}\t{r['uncovered_utterances']}")
+    first = next(iter(results.values()))
+    if first["uncovered_frames"]:
+        rate = metadata.label_rate
+        print(f"not scored: {first['uncovered_frames']} frames ({first['uncovered_frames'] / rate:.2f} s) that no "
+              f"alignment segment covers, in {first['uncovered_utterances']} of {first['num_utterances']} utterances; "
+              f"largest {first['largest_uncovered_frames']} frames ({first['largest_uncovered_frames'] / rate:.2f} s) "
+              f"in {first['largest_uncovered_utterance']} (allowed per utterance: --max-uncovered "
+              f"{first['max_uncovered_seconds']:g} s)")
     return 0
 
 
