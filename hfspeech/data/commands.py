@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
+import time
 
 from .audio import SkippedItems
 from .sources import load_source
@@ -29,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.add_argument("--skip-bad", action="store_true", help="skip bad files and transcript mismatches instead of failing, and list every skipped item at the "
                       "end (map-style sources decode every file once to find corrupt audio)")
+    info.add_argument("--verify", action="store_true",
+                      help="decode every file (in parallel on the available cores; map-style sources) and list each "
+                           "corrupt, empty or undecodable one with its reason; exit status 1 when any is found "
+                           "(0 with --skip-bad, which leaves them out of the summary)")
     info.add_argument("--streaming", action="store_true", help="stream local sources too (Hub specs always stream)")
     info.add_argument("--limit", type=int, default=None, help="read at most this many utterances when streaming")
     info.set_defaults(func=run_info)
@@ -39,13 +45,20 @@ def run_info(args: argparse.Namespace) -> int:
 
     streaming = args.streaming or args.source.startswith("librispeech:")
     skipped = SkippedItems()
-    dataset = load_source(args.source, split=args.split, streaming=streaming, skip_bad=args.skip_bad, skipped=skipped)
+    started = time.perf_counter()
+    # --verify collects every bad item (skip_bad decodes each file once) and decides the exit status below
+    dataset = load_source(args.source, split=args.split, streaming=streaming, skip_bad=args.skip_bad or args.verify,
+                          skipped=skipped)
     summary = summarize_source(dataset, limit=args.limit)
     summary["source"] = args.source
     summary["skipped"] = skipped.as_dicts()
+    failed = args.verify and not args.skip_bad and bool(skipped)
+    if args.verify:
+        summary["verified"] = {"bad_items": len(skipped), "seconds": time.perf_counter() - started,
+                               "limit": args.limit if streaming else None}
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+        return 1 if failed else 0
     print(f"source:       {args.source}")
     print(f"utterances:   {summary['utterances']}")
     print(f"hours:        {summary['hours']:.4f}")
@@ -61,7 +74,16 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"  {char!r}: {stats['occurrences']} times in {stats['utterances']} utterance(s), "
                   f"e.g. {stats['example_id']}")
     if summary["skipped"]:
-        print(f"skipped:      {len(summary['skipped'])} bad item(s)")
+        label = "skipped:     " if args.skip_bad or not args.verify else "bad:         "
+        print(f"{label} {len(summary['skipped'])} bad item(s)" + (" (not counted above)" if args.verify else ""))
         for item in summary["skipped"]:
             print(f"  {item['location']}: {item['reason']}")
+    if args.verify:
+        checked = f"the first {args.limit} utterances" if streaming and args.limit is not None else "every file"
+        print(f"verified:     {checked} decoded in {summary['verified']['seconds']:.1f} s; "
+              + (f"{len(skipped)} bad item(s)" if skipped else "no bad item"))
+    if failed:
+        print(f"hfspeech data: {len(skipped)} bad item(s) in {args.source}: remove or re-export the files listed "
+              "above (or fix their rows), or pass --skip-bad to leave them out", file=sys.stderr)
+        return 1
     return 0

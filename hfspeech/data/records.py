@@ -153,8 +153,9 @@ class StreamingDecoder:
 class HeaderProber:
     """Batched ``map`` function for map-style datasets: read headers, fill ``duration``.
 
-    With ``skip_bad`` every file is also decoded once (``decode_audio``), so audio that has a
-    valid header but corrupt data is skipped and reported now instead of failing on access.
+    With ``skip_bad`` the files that fail to decode were already left out by :func:`finalize`
+    (:func:`~hfspeech.data.verification.find_bad_audio`); header and transcript problems of the
+    others are skipped and reported here.
     """
 
     def __init__(self, source: str, skip_bad: bool, skipped: SkippedItems, conversions: ConversionLog) -> None:
@@ -178,8 +179,6 @@ class HeaderProber:
                 continue
             try:
                 info = probe_audio(entry)
-                if self.skip_bad:
-                    decode_audio(entry)
             except (ValueError, FileNotFoundError) as error:
                 if not self.skip_bad:
                     raise type(error)(f"{error} {SKIP_HINT}") from error
@@ -208,9 +207,10 @@ def finalize(
         source: name used in messages.
         streaming: return an ``IterableDataset`` that decodes lazily.
         skip_bad: skip and report bad audio instead of raising. Map-style: every file is
-            decoded once while loading (finds corrupt data behind a valid header; costs one
-            decoding pass, so for very large corpora prefer ``streaming=True``, which skips
-            bad audio as it decodes).
+            decoded once while loading, in parallel on every available core
+            (:func:`~hfspeech.data.verification.find_bad_audio`: finds corrupt data behind a
+            valid header; costs one decoding pass, so for very large corpora prefer
+            ``streaming=True``, which skips bad audio as it decodes).
         skipped: report that already holds items skipped while listing the source
             (missing transcripts ...); audio failures are added to it.
         num_shards: shards of the streaming dataset (for DataLoader workers / ranks).
@@ -228,7 +228,16 @@ def finalize(
             StreamingDecoder(source, skip_bad, skipped), batched=True, batch_size=8, features=features
         )
     conversions = ConversionLog(source)
-    action = "decoding every file once (skip_bad=True)" if skip_bad else "reading audio headers"
+    if skip_bad:
+        from .verification import find_bad_audio
+
+        bad = find_bad_audio(table, source)
+        for _, item in bad:
+            skipped.add(item.location, item.reason)
+        if bad:
+            rows = {row for row, _ in bad}
+            table = table.select([row for row in range(len(table)) if row not in rows])
+    action = "reading audio headers"
     probed = table.map(
         HeaderProber(source, skip_bad, skipped, conversions),
         batched=True,

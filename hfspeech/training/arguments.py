@@ -19,6 +19,8 @@ T = TypeVar("T")
 MIXED_PRECISION_HELP = ("no, bf16 or fp16 (fp16 scales the loss with a GradScaler and skips overflowing updates; "
                         "on CPUs it runs but is slow: use bf16 there)")
 TORCH_COMPILE_HELP = "torch.compile the model (after loading weights, before accelerate's prepare)"
+VERIFY_DATA_HELP = ("decode every audio file of the data once before the first update (in parallel; see "
+                    "hfspeech.data.verification) and stop with the list of corrupt, empty or undecodable files")
 TORCH_COMPILE_BACKEND_HELP = ("torch.compile backend: inductor (generated kernels; minutes of compilation on a CPU), "
                               "aot_eager or eager (trace only, for checking a model compiles)")
 
@@ -34,6 +36,7 @@ class PretrainingArguments:
     train_data: str = field(default="", metadata={"help": "data source(s), comma-separated (path or librispeech:CONFIG/SPLIT)"})
     train_split: str = field(default="", metadata={"help": "split of a local LibriSpeech/Libri-light source"})
     labels: str = field(default="", metadata={"help": "HuBERT: labels directory written by `hfspeech labels assign`"})
+    verify_data: bool = field(default=False, metadata={"help": VERIFY_DATA_HELP})
     max_batch_seconds: float = field(default=87.5, metadata={"help": "audio seconds per micro-batch (fairseq max_tokens 1.4M / 16 kHz)"})
     max_sample_seconds: float = field(default=15.625, metadata={"help": "random crop length (fairseq max_sample_size 250k)"})
     min_sample_seconds: float = field(default=2.0, metadata={"help": "shorter clips are dropped and counted (fairseq 32k)"})
@@ -68,6 +71,7 @@ class FinetuningArguments:
     train_split: str = field(default="", metadata={"help": "split of a local LibriSpeech/Libri-light source (10min, 1h, ...)"})
     dev_data: str = ""
     dev_split: str = ""
+    verify_data: bool = field(default=False, metadata={"help": VERIFY_DATA_HELP})
     tokenizer: str = field(default="", metadata={"help": (
         "directory with a CTC tokenizer (vocab.json) to use, e.g. to share one alphabet across runs; "
         "default: the model directory's, else one built from the training transcripts")})
