@@ -122,3 +122,72 @@ def test_every_verb_explains_itself():
 def test_feature_extractor_refuses_wrong_sampling_rate_before_the_model():
     with pytest.raises(ValueError, match="8000"):
         SpeechFeatureExtractor()(np.zeros(16000, dtype=np.float32), sampling_rate=8000)
+
+
+@pytest.fixture(scope="module")
+def transformers_directory(ctc_directory, tmp_path_factory) -> Path:
+    """The same model and vocabulary in transformers' own classes (Wav2Vec2ForCTC + Wav2Vec2CTCTokenizer)."""
+    from hfspeech.modeling.convert import convert_to_transformers
+
+    return convert_to_transformers(ctc_directory, tmp_path_factory.mktemp("transformers") / "model")
+
+
+def as_plain(output) -> dict:
+    """A tokenizer output with numpy ints turned into Python ints (transformers keeps numpy's)."""
+    def plain(items):
+        return None if items is None else [{key: value if isinstance(value, str) else int(value)
+                                             for key, value in item.items()} for item in items]
+    return {"text": output["text"], "char_offsets": plain(output["char_offsets"]),
+            "word_offsets": plain(output["word_offsets"])}
+
+
+def test_tokenizer_offsets_match_wav2vec2_ctc_tokenizer(ctc_directory):
+    ours = CharacterCTCTokenizer.from_pretrained(ctc_directory)
+    theirs = transformers.Wav2Vec2CTCTokenizer(vocab_file=str(ctc_directory / "vocab.json"))
+    rng = np.random.RandomState(0)
+    size, pad, delimiter = len(ours), ours.pad_token_id, ours.word_delimiter_token_id
+    for _ in range(40):  # frame-level ids: long blank runs, repeats, delimiters, now and then a special token
+        ids = rng.choice([pad, pad, pad, delimiter, *range(1, size)], size=rng.randint(1, 60)).repeat(
+            rng.randint(1, 4, size=1)).tolist()
+        for group_tokens in (True, False):
+            kwargs = dict(output_char_offsets=True, output_word_offsets=True, group_tokens=group_tokens)
+            assert as_plain(ours.decode(ids, **kwargs)) == as_plain(theirs.decode(ids, **kwargs)), ids
+    a, b, bos = ours.convert_tokens_to_ids(["E", "T", "<s>"])
+    # by hand: with skip_special_tokens the <s> goes, the three E frames (0, 1, 3) are one run
+    # that keeps its time, [0, 4); the delimiter run [5, 6); T [6, 7)
+    output = ours.decode([a, a, bos, a, pad, delimiter, b], skip_special_tokens=True, output_char_offsets=True,
+                         output_word_offsets=True)
+    assert output["text"] == "E T"
+    assert output["char_offsets"] == [{"char": "E", "start_offset": 0, "end_offset": 4},
+                                      {"char": " ", "start_offset": 5, "end_offset": 6},
+                                      {"char": "T", "start_offset": 6, "end_offset": 7}]
+    assert output["word_offsets"] == [{"word": "E", "start_offset": 0, "end_offset": 4},
+                                      {"word": "T", "start_offset": 6, "end_offset": 7}]
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_asr_pipeline_timestamps_match_transformers_wav2vec2(ctc_directory, transformers_directory, kind):
+    audio, _ = sf.read(AN4 / "fash" / "an255-fash-b.flac", dtype="float32")
+    ours = transformers.pipeline("automatic-speech-recognition", model=str(ctc_directory))
+    theirs = transformers.pipeline("automatic-speech-recognition", model=str(transformers_directory))
+    assert type(theirs.model).__name__ == "Wav2Vec2ForCTC" and type(theirs.tokenizer).__name__ == "Wav2Vec2CTCTokenizer"
+    ours_output = ours(audio.copy(), return_timestamps=kind)
+    theirs_output = theirs(audio.copy(), return_timestamps=kind)
+    assert ours_output == theirs_output
+    chunks = ours_output["chunks"]
+    assert len(chunks) >= (20 if kind == "char" else 3)
+    assert all(set(chunk) == {"text", "timestamp"} for chunk in chunks)
+    starts = [chunk["timestamp"][0] for chunk in chunks]
+    assert starts == sorted(starts) and chunks[-1]["timestamp"][1] <= len(audio) / 16000 + 0.02
+    if kind == "word":
+        assert " ".join(chunk["text"] for chunk in chunks) == ours_output["text"]
+
+
+def test_asr_pipeline_word_timestamps_on_long_audio_in_chunks(ctc_directory, transformers_directory):
+    audio = np.concatenate([sf.read(path, dtype="float32")[0] for path in sorted(AN4.rglob("*.flac"))])  # 12 s
+    ours = transformers.pipeline("automatic-speech-recognition", model=str(ctc_directory))
+    theirs = transformers.pipeline("automatic-speech-recognition", model=str(transformers_directory))
+    options = dict(return_timestamps="word", chunk_length_s=3.0, stride_length_s=1.0)
+    chunked = ours(audio.copy(), **options)
+    assert chunked == theirs(audio.copy(), **options)
+    assert chunked["chunks"][-1]["timestamp"][1] > 10.0  # times count from the start of the whole audio

@@ -279,3 +279,33 @@ def test_transcribe_prints_one_line_per_file_and_refuses_empty_audio(model_dir, 
     empty.write_bytes(b"")
     assert main(["transcribe", str(model_dir), str(empty)]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_pipeline_word_timestamps_with_the_lm_are_pyctcdecodes_word_frames(model_dir, an4_lm, loaded):
+    """With the LM processor the pipeline's word chunks are the beam's words at their frames (pyctcdecode,
+    loaded from the directory, run directly on the model's logits; frames x 320 samples / 16 kHz);
+    characters are transformers' word-only case. Also over chunks of a long input."""
+    from pyctcdecode import BeamSearchDecoderCTC
+
+    vocabulary = load_vocabulary(model_dir)
+    spec = DecoderSpec(vocabulary.labels, "pyctcdecode", vocabulary.blank_index, lm_path=str(an4_lm), alpha=2.0,
+                       beta=1.0, beam_width=16)
+    attach_language_model(model_dir, spec)
+    recognizer = transformers.pipeline("automatic-speech-recognition", model=str(model_dir))
+    decoder = BeamSearchDecoderCTC.load_from_dir(str(model_dir))
+    ratio = loaded.model.config.inputs_to_logits_ratio
+    for index in (0, 3):
+        audio = waveform(index)
+        output = recognizer(audio.copy(), return_timestamps="word", decoder_kwargs={"beam_width": 16})
+        inputs = loaded.processor(audio=audio, sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            logits = loaded.model(**inputs).logits[0].numpy()
+        text, _, words = decoder.decode_beams(logits, beam_width=16)[0][:3]
+        assert output["text"] == text and text
+        assert output["chunks"] == [{"text": word, "timestamp": (start * ratio / 16000, end * ratio / 16000)}
+                                    for word, (start, end) in words]
+    with pytest.raises(ValueError, match="CTC with LM can only predict word level timestamps"):
+        recognizer(waveform(0), return_timestamps="char")
+    long = np.concatenate([waveform(index) for index in range(len(ROWS))])
+    chunked = recognizer(long, return_timestamps="word", chunk_length_s=3.0, stride_length_s=1.0)
+    assert chunked["chunks"] and chunked["chunks"][-1]["timestamp"][1] > len(long) / 16000 - 3.0

@@ -3,7 +3,9 @@
 Every decoder ends with a frame path: one token index per frame over the *compact*
 labels (index 0 = blank, see :meth:`CTCVocabulary.fold_specials`). Greedy decoding and
 flashlight produce it directly; for pyctcdecode, which returns text only, the path is the
-Viterbi (forced) alignment of its text to the emissions.
+Viterbi (forced) alignment of its text to the emissions. The tokenizer's character and word
+offsets (``return_timestamps`` in the ASR pipeline) come from the same two steps:
+:func:`collapse_runs` and :func:`words_from_characters`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,45 @@ class Transcription:
     chars: list[TokenSpan] = field(default_factory=list)
 
 
+def collapse_runs(
+    tokens: Sequence[int] | np.ndarray, frames: Sequence[int] | np.ndarray | None = None
+) -> list[tuple[int, int, int]]:
+    """Runs of equal consecutive tokens, as CTC collapses them: ``(token, start_frame, end_frame)``.
+
+    Args:
+        tokens: (N,) token indices.
+        frames: (N,) the frame of each token (default ``0..N-1``); pass it when some frames were
+            dropped before grouping (special tokens), so that runs keep their times.
+
+    Returns:
+        One ``(token, start, end)`` per run, ``end`` exclusive (the frame after the run's last).
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) == 0:
+        return []
+    frames = np.arange(len(tokens)) if frames is None else np.asarray(frames, dtype=np.int64)
+    boundaries = np.flatnonzero(np.diff(tokens)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(tokens)]])
+    return [(int(tokens[start]), int(frames[start]), int(frames[end - 1]) + 1)
+            for start, end in zip(starts.tolist(), ends.tolist())]
+
+
+def words_from_characters(characters: Sequence[TokenSpan], delimiter: str = " ") -> list[TokenSpan]:
+    """Join each run of characters between ``delimiter`` spans into a word (first start, last end)."""
+    words: list[TokenSpan] = []
+    current: list[TokenSpan] = []
+    for span in [*characters, None]:
+        if span is not None and span.text != delimiter:
+            current.append(span)
+            continue
+        if current:
+            words.append(TokenSpan("".join(c.text for c in current), current[0].start_frame, current[-1].end_frame,
+                                   current[0].seconds_per_frame))
+            current = []
+    return words
+
+
 def spans_from_path(
     path: Sequence[int] | np.ndarray, labels: Sequence[str], seconds_per_frame: float
 ) -> tuple[str, list[TokenSpan], list[TokenSpan]]:
@@ -64,34 +105,10 @@ def spans_from_path(
     Returns:
         ``(text, words, chars)``.
     """
-    path = np.asarray(path, dtype=np.int64)
-    chars: list[TokenSpan] = []
-    words: list[TokenSpan] = []
-    word_chars: list[TokenSpan] = []
-
-    def close_word() -> None:
-        if word_chars:
-            words.append(TokenSpan("".join(c.text for c in word_chars), word_chars[0].start_frame,
-                                   word_chars[-1].end_frame, seconds_per_frame))
-            word_chars.clear()
-
-    if len(path) == 0:
-        return "", words, chars
-    # Runs of equal tokens: CTC collapses each run to one token.
-    boundaries = np.flatnonzero(np.diff(path)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(path)]])
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        label = labels[path[start]]
-        if label == "":
-            continue
-        if label == " ":
-            close_word()
-            continue
-        span = TokenSpan(label, start, end, seconds_per_frame)
-        chars.append(span)
-        word_chars.append(span)
-    close_word()
+    printed = [TokenSpan(labels[token], start, end, seconds_per_frame)
+               for token, start, end in collapse_runs(path) if labels[token] != ""]
+    words = words_from_characters(printed)
+    chars = [span for span in printed if span.text != " "]
     return " ".join(word.text for word in words), words, chars
 
 

@@ -5,7 +5,10 @@ The vocabulary follows fairseq's letter dictionaries and transformers' Wav2Vec2 
 then one entry per character (LibriSpeech: the apostrophe and the 26 upper-case letters).
 Encoding maps every space to ``|``; decoding optionally collapses CTC repeats, always removes
 blanks and turns ``|`` back into spaces, the same conventions as
-``transformers.Wav2Vec2CTCTokenizer`` (the files it writes load in either class).
+``transformers.Wav2Vec2CTCTokenizer`` (the files it writes load in either class). Decoding
+frame-level ids with ``output_char_offsets``/``output_word_offsets`` gives that class's character
+and word offsets, which is what ``pipeline("automatic-speech-recognition", ...)(audio,
+return_timestamps="char"|"word")`` turns into ``chunks`` with times in seconds.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from transformers.models.wav2vec2.tokenization_wav2vec2 import Wav2Vec2CTCTokenizerOutput
 from transformers.tokenization_python import PreTrainedTokenizer
 from transformers.tokenization_utils_base import AddedToken
 
 from ..data.text import CTC_ALPHABET
+from ..decoding.timestamps import TokenSpan, collapse_runs, words_from_characters
 
 logger = logging.getLogger(__name__)
 
@@ -267,17 +272,72 @@ class CharacterCTCTokenizer(PreTrainedTokenizer):
         return text.lower() if self.do_lower_case else text
 
     def _decode(self, token_ids: int | list[int], skip_special_tokens: bool = False,
-                clean_up_tokenization_spaces: bool | None = None, group_tokens: bool = True, **kwargs: Any) -> str:
-        """Ids of one sequence -> text (see `convert_tokens_to_string`)."""
-        if kwargs.get("output_char_offsets") or kwargs.get("output_word_offsets"):
-            raise ValueError("Character/word offsets are not produced here: use hfspeech.decoding's timestamps.")
+                clean_up_tokenization_spaces: bool | None = None, group_tokens: bool = True,
+                output_char_offsets: bool = False, output_word_offsets: bool = False,
+                **kwargs: Any) -> str | Wav2Vec2CTCTokenizerOutput:
+        """Ids of one sequence -> text (see `convert_tokens_to_string`).
+
+        With ``output_char_offsets`` / ``output_word_offsets`` (frame-level ids, as the ASR
+        pipeline's ``return_timestamps="char"|"word"`` asks) the result is a
+        ``Wav2Vec2CTCTokenizerOutput`` with ``text``, ``char_offsets`` and ``word_offsets`` laid out
+        as transformers' ``Wav2Vec2CTCTokenizer`` does (see `character_offsets`).
+        """
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        tokens = self.convert_ids_to_tokens(list(token_ids), skip_special_tokens=skip_special_tokens)
+        token_ids = [int(i) for i in token_ids]
+        tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
         text = self.convert_tokens_to_string(tokens, group_tokens=group_tokens)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
-        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+        text = self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+        if not (output_char_offsets or output_word_offsets):
+            return text
+        characters = self.character_offsets(token_ids, skip_special_tokens, group_tokens)
+        return Wav2Vec2CTCTokenizerOutput(
+            text=text, char_offsets=characters if output_char_offsets else None,
+            word_offsets=self._get_word_offsets(characters) if output_word_offsets else None)
+
+    # ------------------------------------------------------------------ timestamps
+    @property
+    def replace_word_delimiter_char(self) -> str:
+        """What the word delimiter decodes to: always a space (read by transformers' ASR pipeline)."""
+        return " "
+
+    def character_offsets(self, token_ids: Sequence[int], skip_special_tokens: bool = False,
+                          group_tokens: bool = True) -> list[dict[str, str | int]]:
+        """Frame offsets of the characters of frame-level ids: ``[{"char", "start_offset", "end_offset"}]``.
+
+        One entry per CTC run (per id when ``group_tokens`` is False), blanks left out, the word
+        delimiter as ``" "``; offsets count frames, ``end_offset`` exclusive. With
+        ``skip_special_tokens`` the special tokens are dropped before grouping (as the text is
+        decoded) but every run keeps the frames it had.
+        """
+        skipped = set(self.all_special_ids) - {self.pad_token_id} if skip_special_tokens else set()
+        kept = [(frame, token) for frame, token in enumerate(int(i) for i in token_ids)
+                if token != IGNORE_INDEX and token not in skipped]
+        if not kept:
+            return []
+        frames, tokens = (list(column) for column in zip(*kept))
+        runs = collapse_runs(tokens, frames) if group_tokens else [(t, f, f + 1) for f, t in zip(frames, tokens)]
+        characters = []
+        for token, start, end in runs:
+            if token == self.pad_token_id:
+                continue
+            text = self._convert_id_to_token(token)
+            text = " " if text == self._word_delimiter_token else (text.lower() if self.do_lower_case else text)
+            characters.append({"char": text, "start_offset": start, "end_offset": end})
+        return characters
+
+    @staticmethod
+    def _get_word_offsets(offsets: list[dict[str, str | int]], word_delimiter_char: str = " ") -> list[dict[str, str | int]]:
+        """Words of character offsets (``[{"word", "start_offset", "end_offset"}]``), split at the delimiter.
+
+        The name and signature are transformers' ``Wav2Vec2CTCTokenizer._get_word_offsets``, which
+        the ASR pipeline calls for ``return_timestamps="word"``.
+        """
+        spans = [TokenSpan(str(item["char"]), int(item["start_offset"]), int(item["end_offset"])) for item in offsets]
+        return [{"word": word.text, "start_offset": word.start_frame, "end_offset": word.end_frame}
+                for word in words_from_characters(spans, word_delimiter_char)]
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
         """Write ``vocab.json`` (token -> id) into ``save_directory``."""
