@@ -23,8 +23,36 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class IntermixedArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose verbs take their options anywhere among their positionals.
+
+    ``hfspeech lm build A.txt --order 4 B.txt OUT_DIR`` parses like ``lm build A.txt B.txt OUT_DIR
+    --order 4``: a verb's own parser runs ``parse_known_intermixed_args``. Parsers that hold
+    sub-commands (``hfspeech``, ``hfspeech lm``) parse as usual and hand the rest to the verb;
+    ``add_subparsers`` gives every verb parser this class.
+    """
+
+    _intermixing = False
+
+    def _takes_intermixed_arguments(self) -> bool:
+        positionals = self._get_positional_actions()
+        if any(action.nargs in (argparse.PARSER, argparse.REMAINDER) for action in positionals):
+            return False
+        return not any(action in positionals for group in self._mutually_exclusive_groups
+                       for action in group._group_actions)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or not self._takes_intermixed_arguments():
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls parse_known_args twice
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = IntermixedArgumentParser(
         prog="hfspeech",
         description=(
             "Self-supervised speech learning (wav2vec 2.0, HuBERT) in the Hugging Face "

@@ -184,3 +184,17 @@ def test_lm_unigrams_and_tokenizer_transcripts_agree_character_for_character(tmp
     assert transcript_words == set(unigrams) and len(unigrams) == len(set(unigrams))
     assert {"CAFE", "NAIVE", "ZOE'S", "WELL", "KNOWN", "SELF", "MADE", "TIS", "O'CLOCK", "DON'T", "IT'S", "JOSE"} \
         <= set(unigrams)
+
+
+def test_cli_lm_build_takes_options_between_its_texts(tmp_path, capsys):
+    from hfspeech.cli import main
+
+    dev = FIXTURES / "austen-emma-dev.txt"
+    assert main(["lm", "build", str(TEXT), "--order", "2", str(dev), "--line-per-sentence", str(tmp_path / "a")]) == 0
+    assert main(["lm", "build", str(TEXT), str(dev), str(tmp_path / "b"), "--order", "2", "--line-per-sentence"]) == 0
+    first, second = (json.loads((tmp_path / name / "lm_build.json").read_text()) for name in ("a", "b"))
+    assert first["order"] == 2 and kenlm.Model(str(tmp_path / "a" / "lm.bin")).order == 2
+    lines = [line for path in (TEXT, dev) for line in path.read_text(encoding="utf-8").splitlines()]
+    normalizer = CTCVocabulary.from_labels(load_vocabulary(None).labels).text_normalizer()
+    assert first["num_sentences"] == second["num_sentences"] == sum(bool(normalizer(line)) for line in lines)
+    assert (tmp_path / "a" / "unigrams.txt").read_text() == (tmp_path / "b" / "unigrams.txt").read_text()

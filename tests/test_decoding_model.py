@@ -309,3 +309,39 @@ def test_pipeline_word_timestamps_with_the_lm_are_pyctcdecodes_word_frames(model
     long = np.concatenate([waveform(index) for index in range(len(ROWS))])
     chunked = recognizer(long, return_timestamps="word", chunk_length_s=3.0, stride_length_s=1.0)
     assert chunked["chunks"] and chunked["chunks"][-1]["timestamp"][1] > len(long) / 16000 - 3.0
+
+
+def test_transcribe_and_evaluate_take_options_among_their_positionals(model_dir, an4_lm, tmp_path, capsys):
+    files = [str(AN4 / ROWS[i]["file_name"]) for i in (0, 3)]
+    options = ["--lm", str(an4_lm), "--backend", "pyctcdecode", "--beam-width", "8"]
+    assert main(["transcribe", str(model_dir), *files, *options]) == 0
+    last = capsys.readouterr().out
+    assert main(["transcribe", "--beam-width", "8", str(model_dir), files[0], "--lm", str(an4_lm), files[1],
+                 "--backend", "pyctcdecode"]) == 0
+    assert capsys.readouterr().out == last and len(last.strip().split("\n")) == 2
+    assert main(["evaluate", str(model_dir), str(AN4), "--json", *options]) == 0
+    last = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--json", str(model_dir), *options[:2], str(AN4), *options[2:]]) == 0
+    mixed = json.loads(capsys.readouterr().out)
+    assert (mixed["wer"], mixed["cer"], mixed["lm_path"]) == (last["wer"], last["cer"], last["lm_path"])
+
+
+def test_transcribe_reports_resampling_and_down_mixing_once(model_dir, tmp_path, caplog, capsys):
+    """An 8 kHz file, then stereo files: each conversion is logged once, naming the first file it
+    happens to; a stereo file with two equal channels transcribes as its mono original."""
+    import soundfile
+
+    audio = waveform(0)
+    files = {"mono.wav": (audio, 16000), "narrow.wav": (audio[::2], 8000),
+             "stereo.wav": (np.stack([audio, audio], axis=1), 16000),
+             "stereo2.wav": (np.stack([audio, audio], axis=1), 16000)}
+    for name, (samples, rate) in files.items():
+        soundfile.write(tmp_path / name, samples, rate, subtype="FLOAT")
+    with caplog.at_level("INFO", logger="hfspeech.data.audio"):
+        assert main(["transcribe", str(model_dir), *(str(tmp_path / name) for name in files)]) == 0
+    messages = [record.getMessage() for record in caplog.records if record.name == "hfspeech.data.audio"]
+    assert len([m for m in messages if "resampled to 16000 Hz" in m]) == 1
+    down_mixed = [m for m in messages if "down-mixed to mono" in m]
+    assert len(down_mixed) == 1 and "with 2 channels" in down_mixed[0] and "stereo.wav" in down_mixed[0]
+    lines = dict(line.split("\t", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines[str(tmp_path / "stereo.wav")] == lines[str(tmp_path / "mono.wav")]

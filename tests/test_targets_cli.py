@@ -180,3 +180,12 @@ def test_quality_command_scores_covered_frames_of_real_audio(tmp_path: Path, cap
         (tmp_path / "align" / f"{name}.phn").write_text(f"0 {frames} sil\n")
     assert main(command) == 2
     assert f"{tmp_path / 'labels' / 'labels.json'} says the labels tick at 50 Hz" in capsys.readouterr().err
+
+
+def test_fit_command_takes_options_between_its_positionals(tmp_path: Path) -> None:
+    assert main(["labels", "fit", "--k", "4", str(AUDIO), "--seed", "3", str(tmp_path / "mixed"), "--k", "6"]) == 0
+    assert main(["labels", "fit", str(AUDIO), str(tmp_path / "plain"), "--k", "4", "--k", "6", "--seed", "3"]) == 0
+    mixed, plain = load_kmeans_models(tmp_path / "mixed"), load_kmeans_models(tmp_path / "plain")
+    assert [m.num_clusters for m in mixed] == [m.num_clusters for m in plain] == [4, 6]
+    for a, b in zip(mixed, plain):
+        torch.testing.assert_close(a.centroids, b.centroids, atol=0, rtol=0)

@@ -145,21 +145,30 @@ def decode_audio(source: AudioSource, sample_rate: int = TARGET_SAMPLE_RATE) -> 
 
 @dataclass
 class ConversionLog:
-    """Counts native (sample rate, channels) pairs and reports conversions once."""
+    """Counts native (sample rate, channels) pairs; reports each kind of conversion once.
+
+    The first file that is resampled, and the first that is down-mixed to mono, are logged with
+    what happens to them (one message when one file needs both); later files are only counted.
+    """
 
     source: str
     formats: Counter = field(default_factory=Counter)
-    _reported: bool = False
+    _reported: set = field(default_factory=set)
 
-    def observe(self, info: AudioInfo) -> None:
+    def observe(self, info: AudioInfo, location: str | None = None) -> None:
+        """Count one file's native format; ``location`` names it in the first report of a conversion."""
         self.formats[(info.sample_rate, info.num_channels)] += 1
-        if not self._reported and (info.sample_rate != TARGET_SAMPLE_RATE or info.num_channels != 1):
-            self._reported = True
-            logger.info(
-                "%s: audio at %d Hz with %d channel(s) is resampled to %d Hz mono on decoding "
-                "(reported once for this source)",
-                self.source, info.sample_rate, info.num_channels, TARGET_SAMPLE_RATE,
-            )
+        conversions = []  # (what the audio is, what decoding does to it)
+        if info.sample_rate != TARGET_SAMPLE_RATE and "resample" not in self._reported:
+            self._reported.add("resample")
+            conversions.append((f"at {info.sample_rate} Hz", f"resampled to {TARGET_SAMPLE_RATE} Hz"))
+        if info.num_channels != 1 and "down-mix" not in self._reported:
+            self._reported.add("down-mix")
+            conversions.append((f"with {info.num_channels} channels", "down-mixed to mono"))
+        if conversions:
+            logger.info("%s: audio %s is %s on decoding (%sreported once for this source)", self.source,
+                        " ".join(what for what, _ in conversions), " and ".join(done for _, done in conversions),
+                        f"e.g. {location}; " if location else "")
 
     def summary(self) -> dict[str, int]:
         """``{"8000 Hz x1": count, ...}`` over everything observed."""

@@ -142,7 +142,7 @@ class StreamingDecoder:
                     raise type(error)(f"{error} {SKIP_HINT}") from error
                 self._skip(location, _reason(error, location))
                 continue
-            self.conversions.observe(native)
+            self.conversions.observe(native, location)
             for name in columns:
                 output[name].append(waveform if name == "audio" else batch[name][row])
             output["duration"].append(waveform.size / self.sample_rate)
@@ -184,7 +184,7 @@ class HeaderProber:
                     raise type(error)(f"{error} {SKIP_HINT}") from error
                 self.skipped.add(location, _reason(error, location))
                 continue
-            self.conversions.observe(info)
+            self.conversions.observe(info, location)
             for name in columns:
                 output[name].append(batch[name][row])
             output["duration"].append(info.duration)

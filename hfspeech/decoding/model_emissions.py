@@ -318,22 +318,23 @@ def transcribe_audio_files(model: str | Path | LoadedCTCModel, paths: Sequence[s
                            device: str | torch.device = "cpu") -> list[Transcription]:
     """Transcribe audio files one by one (no padding effects) with a decoder.
 
-    Files not at 16 kHz are resampled with a logged warning; stereo is down-mixed.
+    Files not at 16 kHz are resampled and multi-channel files down-mixed to mono; each of the two
+    is reported once for the run (the first file it happens to), as data sources report it.
 
     Raises:
         FileNotFoundError: a file does not exist.
         ValueError: a file is empty, unreadable, or shorter than one model frame.
     """
-    from hfspeech.data.audio import decode_audio
+    from hfspeech.data.audio import ConversionLog, decode_audio
 
     loaded = model if isinstance(model, LoadedCTCModel) else load_ctc_model(model, device)
     decoder = build_decoder(spec)
     minimum = loaded.processor.feature_extractor.min_num_samples
+    conversions = ConversionLog("transcribe")
     results = []
     for path in tqdm(paths, desc="transcribing", unit=" file", disable=len(paths) < 2):
         waveform, native = decode_audio(str(path))
-        if native.sample_rate != SAMPLE_RATE:
-            logger.warning("%s: resampled from %d Hz to %d Hz", path, native.sample_rate, SAMPLE_RATE)
+        conversions.observe(native, str(path))
         if waveform.size < minimum:
             raise ValueError(f"{path}: {waveform.size} samples ({waveform.size / SAMPLE_RATE:.3f} s) is shorter than "
                              f"the model's receptive field ({minimum} samples); the audio is (nearly) empty.")
