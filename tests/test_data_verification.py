@@ -136,3 +136,22 @@ def test_training_arguments_have_verify_data_off_by_default(tmp_path):
     assert FinetuningArguments(output_dir="o", model="m").verify_data is False
     parsed = parse_arguments(FinetuningArguments, None, ["output_dir=o", "model=m", "verify_data=true"])
     assert parsed.verify_data is True
+
+
+def test_pretraining_with_verify_data_stops_before_the_first_update(tmp_path):
+    from hfspeech import SpeechEncoderConfig
+    from hfspeech.training.pretrain_data import build_pretraining_batches
+
+    root, expected = damaged_copy(tmp_path)
+    (root / "fbbh" / "an86-fbbh-b.flac").unlink()
+    (root / "metadata.csv").write_text("".join(line + "\n" for line in (root / "metadata.csv").read_text().splitlines()
+                                               if "an86-fbbh-b" not in line))
+    config = SpeechEncoderConfig.from_preset("tiny")
+    arguments = dict(output_dir=str(tmp_path / "run"), train_data=str(root), min_sample_seconds=0.1)
+    with pytest.raises(ValueError) as first_only:  # without: the first file that fails to decode, alone
+        build_pretraining_batches(PretrainingArguments(**arguments), config)
+    assert "an251-fash-b.flac" in str(first_only.value) and "an253-fash-b.flac" not in str(first_only.value)
+    with pytest.raises(ValueError, match=r"skipped 2 bad item\(s\)") as error:
+        build_pretraining_batches(PretrainingArguments(**arguments, verify_data=True), config)
+    assert "an251-fash-b.flac: cannot decode audio" in str(error.value)
+    assert f"an253-fash-b.flac: {expected['an253-fash-b.flac']}" in str(error.value)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..configuration import SpeechEncoderConfig
-from ..data import DurationBucketBatchSampler, HubertCollator, PretrainingCollator, drop_short_utterances
+from ..data import DurationBucketBatchSampler, HubertCollator, PretrainingCollator, drop_short_utterances, verify_sources
 from .arguments import PretrainingArguments, load_sources
 from .pretrain_loop import BatchFactory
 
@@ -49,7 +49,13 @@ def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
 
 def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderConfig, num_processes: int = 1,
                               process_index: int = 0) -> tuple[BatchFactory, dict[str, Any]]:
-    """Return ``batches_for_epoch`` for `run_pretraining` and a summary of the data used."""
+    """Return ``batches_for_epoch`` for `run_pretraining` and a summary of the data used.
+
+    With ``args.verify_data`` every audio file is decoded once first; a bad one stops the run here,
+    before the first update, with the list of all of them.
+    """
+    if args.verify_data:
+        verify_sources(args.train_data, args.train_split)
     dataset = load_sources(args.train_data, args.train_split)
     dataset, dropped = drop_short_utterances(dataset, min_samples=int(args.min_sample_seconds * 16000))
     if dropped:
