@@ -148,10 +148,7 @@ def test_pretraining_with_verify_data_stops_before_the_first_update(tmp_path):
                                                if "an86-fbbh-b" not in line))
     config = SpeechEncoderConfig.from_preset("tiny")
     arguments = dict(output_dir=str(tmp_path / "run"), train_data=str(root), min_sample_seconds=0.1)
-    with pytest.raises(ValueError) as first_only:  # without: the first file that fails to decode, alone
-        build_pretraining_batches(PretrainingArguments(**arguments), config)
-    assert "an251-fash-b.flac" in str(first_only.value) and "an253-fash-b.flac" not in str(first_only.value)
     with pytest.raises(ValueError, match=r"skipped 2 bad item\(s\)") as error:
         build_pretraining_batches(PretrainingArguments(**arguments, verify_data=True), config)
     assert "an251-fash-b.flac: cannot decode audio" in str(error.value)
-    assert f"an253-fash-b.flac: {expected['an253-fash-b.flac']}" in str(error.value)
+    assert f"an253-fash-b.flac: {expected['an253-fash-b.flac']}" in str(error.value)  # only decoding finds it

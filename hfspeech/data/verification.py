@@ -138,7 +138,7 @@ def verify_sources(sources: str | Any | Sequence[Any], split: str = "", name: st
     for item in items:
         if isinstance(item, str):
             loaded = load_source(item, split=split or None, skip_bad=True, skipped=report)
-            seconds += float(sum(loaded["duration"]))
+            seconds += float(sum(loaded.with_format(None)["duration"]))  # unformatted: no decoding
             continue
         table = _loaded_table(item, name)
         for _, bad in find_bad_audio(table, name):
