@@ -25,6 +25,8 @@ from .skipped import BadItem, SkippedItems  # noqa: F401 - re-exported, part of 
 logger = logging.getLogger(__name__)
 
 TARGET_SAMPLE_RATE = 16_000
+#: Decoded and header lengths may differ by rounding after resampling; more means a truncated file.
+LENGTH_TOLERANCE_SECONDS = 0.01
 AUDIO_EXTENSIONS = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".sph")
 
 AudioSource = str | bytes | dict[str, Any]
@@ -141,6 +143,26 @@ def decode_audio(source: AudioSource, sample_rate: int = TARGET_SAMPLE_RATE) -> 
         int(round(waveform.size * (metadata.sample_rate or sample_rate) / sample_rate)),
     )
     return waveform, native
+
+
+def audio_problem(entry: AudioSource) -> str | None:
+    """Why ``entry`` (a path, encoded bytes or ``{"bytes", "path"}``) cannot be used; None when it decodes.
+
+    Decoding must succeed and give samples; where the header states an exact length (FLAC, WAV,
+    OGG), the decoded audio must have it (a truncated file decodes to less).
+    """
+    location = _location(entry)
+    try:
+        native = decode_audio(entry)[1]
+    except (ValueError, FileNotFoundError) as error:
+        return str(error).removeprefix(f"{location}: ")
+    header = _probe_soundfile(_payload(entry))
+    if header is not None and header.num_frames > 0:
+        missing = (header.num_frames - native.num_frames) / header.sample_rate
+        if abs(missing) > LENGTH_TOLERANCE_SECONDS:
+            return (f"decodes to {native.duration:.3f} s but its header says {header.duration:.3f} s; the file is "
+                    "truncated or corrupt: re-export it or remove it")
+    return None
 
 
 @dataclass

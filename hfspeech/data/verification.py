@@ -4,7 +4,8 @@ A header can be valid while the audio behind it is cut off or corrupt, so readin
 (what loading a source does) does not prove a file usable; only decoding it does.
 :func:`find_bad_audio` decodes every file of a record table on all available cores (FFmpeg
 decodes outside the GIL, so threads suffice) with a progress bar, and returns each corrupt,
-empty, truncated or undecodable file with its reason. It backs
+empty, truncated or undecodable file with its reason (:func:`~hfspeech.data.audio.audio_problem`).
+It backs
 
 - ``load_source(..., skip_bad=True)`` for map-style sources, which leaves the bad files out
   and reports them;
@@ -26,15 +27,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .audio import AudioSource, _location, _payload, _probe_soundfile, decode_audio
+from .audio import audio_problem
 from .skipped import BadItem, SkippedItems
 
 logger = logging.getLogger(__name__)
 
 #: Rows decoded per chunk: bounds the encoded bytes held at once for Hub (parquet) sources.
 CHUNK_ROWS = 256
-#: Decoded and header lengths may differ by rounding after resampling; more means a truncated file.
-LENGTH_TOLERANCE_SECONDS = 0.01
 
 
 def available_cores() -> int:
@@ -43,27 +42,6 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def audio_problem(entry: AudioSource) -> str | None:
-    """Why ``entry`` (a path, encoded bytes or ``{"bytes", "path"}``) cannot be used; None when it decodes.
-
-    Decoding must succeed and give samples; where the header states an exact length (FLAC, WAV,
-    OGG), the decoded audio must have it (a truncated file decodes to less).
-    """
-    location = _location(entry)
-    try:
-        waveform, native = decode_audio(entry)
-    except (ValueError, FileNotFoundError) as error:
-        return str(error).removeprefix(f"{location}: ")
-    header = _probe_soundfile(_payload(entry))
-    if header is not None and header.num_frames > 0:
-        missing = (header.num_frames - native.num_frames) / header.sample_rate
-        if abs(missing) > LENGTH_TOLERANCE_SECONDS:
-            return (f"decodes to {native.duration:.3f} s but its header says {header.duration:.3f} s; the file is "
-                    "truncated or corrupt: re-export it or remove it")
-    del waveform
-    return None
 
 
 def _entry_location(entry: Any, utterance_id: str) -> str:
