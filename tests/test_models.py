@@ -173,3 +173,24 @@ def test_bad_input_is_explained(audio, mask, message):
     model = SpeechEncoderModel(tiny()).eval()
     with pytest.raises(ValueError, match=message):
         model(audio, attention_mask=mask)
+
+
+def test_feature_projection_and_positional_conv_get_fairseqs_initialisation():
+    """transformers skips modules without parameters of their own for custom code, so these two are
+    initialised from the backbone's branch: U(+-1/sqrt(C)) projection, N(0, 4/(k*H)) positional conv."""
+    import math
+
+    config = SpeechEncoderConfig.from_preset("tiny", hidden_size=64, num_attention_heads=2, conv_dim=[256] * 7,
+                                             num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    model = SpeechEncoderForCTC(config).speech_encoder.requires_grad_(False)
+    projection = model.feature_projection.projection
+    bound = 1 / math.sqrt(256)
+    assert projection.weight.abs().max() <= bound
+    assert float(projection.weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert projection.bias.abs().max() <= bound and projection.bias.abs().max() > 0.5 * bound
+    conv = model.encoder.pos_conv.conv
+    direction = conv.parametrizations.weight.original1
+    assert float(direction.std()) == pytest.approx(2 * math.sqrt(1 / (32 * 64)), rel=0.05)
+    torch.testing.assert_close(conv.weight, direction)  # weight norm starts at the drawn weights
+    assert torch.count_nonzero(conv.bias) == 0

@@ -21,7 +21,8 @@ from transformers.utils import ModelOutput
 from ..configuration import SpeechEncoderConfig
 from .dropout import Dropout
 from .encoder import PositionalConvEmbedding, TransformerEncoder
-from .feature_encoder import FeatureEncoder, FeatureProjection, conv_output_lengths, scale_gradient
+from .feature_encoder import FeatureEncoder, FeatureProjection, scale_gradient
+from .filterbank import FilterbankEncoder, feature_frame_lengths
 
 
 @dataclass
@@ -59,21 +60,15 @@ class SpeechEncoderPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """fairseq's initialisation, module by module.
+
+        transformers calls this for every module, children before parents, and (hfspeech being
+        "custom code" to it) skips modules without parameters of their own, so container modules
+        (`FeatureProjection`, `PositionalConvEmbedding`) never get a call: the backbone's branch,
+        which comes after all of its children, initialises them.
+        """
         std = self.config.initializer_range
-        if isinstance(module, PositionalConvEmbedding):
-            conv = module.conv
-            kernel, channels = conv.kernel_size[0], conv.in_channels
-            direction = conv.parametrizations.weight.original1
-            magnitude = conv.parametrizations.weight.original0
-            init.normal_(direction, mean=0.0, std=2 * math.sqrt(1 / (kernel * channels)))
-            if not getattr(magnitude, "_is_hf_initialized", False):
-                magnitude.copy_(torch.linalg.vector_norm(direction, dim=(0, 1), keepdim=True))
-            init.zeros_(conv.bias)
-        elif isinstance(module, FeatureProjection):
-            bound = math.sqrt(1 / module.projection.in_features)
-            init.uniform_(module.projection.weight, a=-bound, b=bound)
-            init.uniform_(module.projection.bias, a=-bound, b=bound)
-        elif isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -87,13 +82,34 @@ class SpeechEncoderPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, SpeechEncoderModel):
             init.uniform_(module.masked_spec_embed)
+            _init_feature_projection(module.feature_projection)
+            _init_positional_conv(module.encoder.pos_conv)
         init_objective = getattr(module, "init_weights_", None)
         if callable(init_objective):
             init_objective()
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
-        """(B,) samples -> (B,) frames of the feature encoder."""
-        return conv_output_lengths(sample_lengths, self.config.conv_kernel, self.config.conv_stride)
+        """(B,) samples -> (B,) frames of the front-end (conv feature encoder or filterbank)."""
+        return feature_frame_lengths(sample_lengths, self.config)
+
+
+def _init_feature_projection(projection: FeatureProjection) -> None:
+    """PyTorch's default Linear init, U(+-1/sqrt(C)), as fairseq's ``post_extract_proj``."""
+    bound = math.sqrt(1 / projection.projection.in_features)
+    init.uniform_(projection.projection.weight, a=-bound, b=bound)
+    init.uniform_(projection.projection.bias, a=-bound, b=bound)
+
+
+def _init_positional_conv(module: PositionalConvEmbedding) -> None:
+    """fairseq: weight ~ N(0, 4 / (kernel * H)), weight norm's magnitude = the initial norm, bias 0."""
+    conv = module.conv
+    kernel, channels = conv.kernel_size[0], conv.in_channels
+    direction = conv.parametrizations.weight.original1
+    magnitude = conv.parametrizations.weight.original0
+    init.normal_(direction, mean=0.0, std=2 * math.sqrt(1 / (kernel * channels)))
+    if not getattr(magnitude, "_is_hf_initialized", False):
+        magnitude.copy_(torch.linalg.vector_norm(direction, dim=(0, 1), keepdim=True))
+    init.zeros_(conv.bias)
 
 
 def _check_input(input_values: torch.Tensor, attention_mask: torch.Tensor | None, receptive_field: int) -> None:
@@ -118,11 +134,16 @@ def _check_input(input_values: torch.Tensor, attention_mask: torch.Tensor | None
 
 
 class SpeechEncoderModel(SpeechEncoderPreTrainedModel):
-    """The wav2vec 2.0 / HuBERT backbone: waveform (B, S) -> contextual frames (B, T, H) at 50 Hz."""
+    """The wav2vec 2.0 / HuBERT backbone: waveform (B, S) -> contextual frames (B, T, H) at 50 Hz.
+
+    The front-end is the papers' conv feature encoder, or with ``config.feature_frontend =
+    "filterbank"`` parameter-free log-mel energies on the same frames (`FilterbankEncoder`).
+    """
 
     def __init__(self, config: SpeechEncoderConfig) -> None:
         super().__init__(config)
-        self.feature_encoder = FeatureEncoder(config)
+        self.feature_encoder = FilterbankEncoder(config) if config.feature_frontend == "filterbank" \
+            else FeatureEncoder(config)
         self.feature_projection = FeatureProjection(config)
         self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size))
         self.encoder = TransformerEncoder(config)
@@ -194,8 +215,11 @@ class SpeechEncoderModel(SpeechEncoderPreTrainedModel):
             frame_mask = torch.arange(frames, device=features.device)[None, :] < frame_lengths[:, None]
         else:
             frame_mask = torch.ones(batch, frames, dtype=torch.bool, device=features.device)
-        valid = frame_mask[..., None].to(features.dtype)
-        feature_penalty = (features.float().pow(2) * valid).sum() / (valid.sum() * features.shape[-1])
+        if self.config.feature_frontend == "filterbank":  # nothing to learn in front of the features
+            feature_penalty = features.new_zeros((), dtype=torch.float32)
+        else:
+            valid = frame_mask[..., None].to(features.dtype)
+            feature_penalty = (features.float().pow(2) * valid).sum() / (valid.sum() * features.shape[-1])
         hidden, extract_features = self.feature_projection(features)
         hidden, mask_time_indices = self.apply_spec_augment(hidden, frame_mask, mask_time_indices, generator)
         last, all_hidden = self.encoder(hidden, frame_mask, output_hidden_states=bool(output_hidden_states))
