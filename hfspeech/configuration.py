@@ -24,6 +24,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 OBJECTIVES = ("wav2vec2", "hubert")
+FEATURE_FRONTENDS = ("waveform", "filterbank")
 
 # Backbone shapes of the papers' model sizes.
 _BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
@@ -130,6 +131,9 @@ class SpeechEncoderConfig(PretrainedConfig):
     r"""Configuration of the wav2vec 2.0 / HuBERT speech encoder and its objectives.
 
     Backbone:
+        feature_frontend: "waveform" (the papers' conv feature encoder, default) or
+            "filterbank" (parameter-free Kaldi log-mel energies of ``num_mel_bins`` bins on the
+            same frames; see `hfspeech.modeling.filterbank`).
         conv_dim, conv_kernel, conv_stride: the 7 feature-encoder conv layers (512 channels,
             kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2 -> 320 samples = 20 ms per frame).
         conv_bias: whether the conv layers have a bias (True for the layer-norm models).
@@ -164,6 +168,12 @@ class SpeechEncoderConfig(PretrainedConfig):
     CTC:
         vocab_size, pad_token_id (= CTC blank), final_dropout, ctc_loss_reduction,
         ctc_zero_infinity.
+
+    Provenance:
+        num_pretraining_updates: self-supervised updates these weights have had; 0 for a fresh
+            model (`from_preset`, ``hfspeech init``), set by ``hfspeech pretrain``; None when
+            unknown (converted checkpoints, hand-built configs). Fine-tuning freezes nothing
+            when it is 0 (a frozen random encoder has nothing to give).
     """
 
     model_type = "speech_encoder"
@@ -176,6 +186,8 @@ class SpeechEncoderConfig(PretrainedConfig):
         conv_stride: tuple[int, ...] | list[int] = (5, 2, 2, 2, 2, 2, 2),
         conv_bias: bool = False,
         feat_extract_norm: str = "group",
+        feature_frontend: str = "waveform",
+        num_mel_bins: int = 80,
         # transformer
         hidden_size: int = 768,
         num_hidden_layers: int = 12,
@@ -228,6 +240,7 @@ class SpeechEncoderConfig(PretrainedConfig):
         ctc_loss_reduction: str = "mean",
         ctc_zero_infinity: bool = True,
         pad_token_id: int = 0,
+        num_pretraining_updates: int | None = None,
         bos_token_id: int = 1,
         eos_token_id: int = 2,
         **kwargs: Any,
@@ -240,6 +253,10 @@ class SpeechEncoderConfig(PretrainedConfig):
                 "conv_dim, conv_kernel and conv_stride must have one entry per conv layer; got "
                 f"{len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)}."
             )
+        if feature_frontend not in FEATURE_FRONTENDS:
+            raise ValueError(f"feature_frontend must be one of {FEATURE_FRONTENDS}, got {feature_frontend!r}.")
+        if num_mel_bins < 1:
+            raise ValueError(f"num_mel_bins must be positive, got {num_mel_bins}.")
         if feat_extract_norm not in ("group", "layer"):
             raise ValueError(f"feat_extract_norm must be 'group' or 'layer', got {feat_extract_norm!r}.")
         if objective not in OBJECTIVES:
@@ -256,6 +273,8 @@ class SpeechEncoderConfig(PretrainedConfig):
         if label_rate not in (50, 100):
             raise ValueError(f"label_rate must be 50 (frame rate) or 100 (MFCC rate) Hz, got {label_rate}.")
         self.conv_bias = conv_bias
+        self.feature_frontend = feature_frontend
+        self.num_mel_bins = num_mel_bins
         self.feat_extract_norm = feat_extract_norm
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -304,9 +323,15 @@ class SpeechEncoderConfig(PretrainedConfig):
         self.final_dropout = final_dropout
         self.ctc_loss_reduction = ctc_loss_reduction
         self.ctc_zero_infinity = ctc_zero_infinity
+        self.num_pretraining_updates = num_pretraining_updates
         super().__init__(
             pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs
         )
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the front-end's output: ``conv_dim[-1]``, or ``num_mel_bins`` for the filterbank."""
+        return self.num_mel_bins if self.feature_frontend == "filterbank" else self.conv_dim[-1]
 
     @property
     def num_feat_extract_layers(self) -> int:
@@ -343,7 +368,7 @@ class SpeechEncoderConfig(PretrainedConfig):
         if objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {objective!r}; choose one of {OBJECTIVES}.")
         size_class = "big" if name in ("large", "xlarge") else "small"
-        fields: dict[str, Any] = {"objective": objective}
+        fields: dict[str, Any] = {"objective": objective, "num_pretraining_updates": 0}
         fields.update(_OBJECTIVE_PRESETS[(objective, size_class)])
         fields.update(_BACKBONE_PRESETS[name])
         if name == "tiny":

@@ -142,6 +142,11 @@ def config_to_transformers(config: SpeechEncoderConfig):
     """Build the transformers Wav2Vec2Config / HubertConfig equivalent of ``config``."""
     from transformers import HubertConfig, Wav2Vec2Config
 
+    if config.feature_frontend != "waveform":
+        raise ValueError(f"feature_frontend={config.feature_frontend!r}: transformers' Wav2Vec2/HuBERT classes only "
+                         "have the conv feature encoder, so this model cannot be converted; use it with hfspeech "
+                         "(AutoModelForCTC and pipeline load it after `import hfspeech`).")
+
     fields = {name: getattr(config, name) for name in _SHARED_CONFIG_FIELDS}
     fields["do_stable_layer_norm"] = config.layer_norm_first
     if config.objective == "hubert":

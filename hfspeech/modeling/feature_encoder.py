@@ -391,8 +391,8 @@ class FeatureProjection(nn.Module):
 
     def __init__(self, config: SpeechEncoderConfig) -> None:
         super().__init__()
-        self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
-        self.projection = Linear(config.conv_dim[-1], config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.feature_dim, eps=config.layer_norm_eps)
+        self.projection = Linear(config.feature_dim, config.hidden_size)
         self.dropout = Dropout(config.feat_proj_dropout)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

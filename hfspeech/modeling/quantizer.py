@@ -91,7 +91,7 @@ class GumbelProductQuantizer(nn.Module):
         self.codevectors = nn.Parameter(
             torch.empty(1, self.num_groups * self.num_vars, config.codevector_dim // self.num_groups)
         )
-        self.weight_proj = Linear(config.conv_dim[-1], self.num_groups * self.num_vars)
+        self.weight_proj = Linear(config.feature_dim, self.num_groups * self.num_vars)
         self.temperature_max = float(config.gumbel_temperature_max)
         self.temperature_min = float(config.gumbel_temperature_min)
         self.temperature_decay = float(config.gumbel_temperature_decay)
@@ -140,7 +140,7 @@ class GumbelProductQuantizer(nn.Module):
         channels = self.weight_proj.in_features
         if features.shape[-1] != channels:
             raise ValueError(
-                f"features must end with conv_dim[-1] = {channels} channels, got shape {tuple(features.shape)}."
+                f"features must end with config.feature_dim = {channels} channels, got shape {tuple(features.shape)}."
             )
         features = features.reshape(-1, channels)
         num_frames = features.shape[0]

@@ -35,6 +35,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..modeling.filterbank import kaldi_mel_banks
 from .deltas import deltas_within_utterances
 from .scratch import scratch
 
@@ -85,27 +86,11 @@ def num_mfcc_frames(num_samples: int, config: MFCCConfig = MFCCConfig()) -> int:
     return 1 + (num_samples - config.window_size) // config.window_shift
 
 
-def kaldi_mel_scale(frequency: np.ndarray | float) -> np.ndarray | float:
-    """Kaldi's mel scale: 1127 ln(1 + f / 700)."""
-    return 1127.0 * np.log(1.0 + np.asarray(frequency) / 700.0)
-
-
 @lru_cache(maxsize=8)
 def _constants(config: MFCCConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Povey window (W,), mel filterbank (F/2+1, M), DCT (M, C) and lifter (C,), float64 on CPU."""
     window = torch.hann_window(config.window_size, periodic=False, dtype=torch.float64).pow(0.85)
-    num_fft_bins = config.fft_size // 2
-    nyquist = 0.5 * config.sample_rate
-    fft_bin_width = config.sample_rate / config.fft_size
-    mel_low, mel_high = kaldi_mel_scale(config.low_freq), kaldi_mel_scale(nyquist)
-    mel_delta = (mel_high - mel_low) / (config.num_mel_bins + 1)
-    edges = mel_low + mel_delta * np.arange(config.num_mel_bins + 2)
-    left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    bin_mel = kaldi_mel_scale(fft_bin_width * np.arange(num_fft_bins))[None, :]
-    up = (bin_mel - left) / (center - left)
-    down = (right - bin_mel) / (right - center)
-    banks = np.maximum(0.0, np.minimum(up, down))  # (M, F/2); the Nyquist bin gets weight 0
-    banks = np.concatenate([banks, np.zeros((config.num_mel_bins, 1))], axis=1)
+    banks = kaldi_mel_banks(config.num_mel_bins, config.fft_size, config.sample_rate, config.low_freq)  # (M, F/2 + 1)
     n = config.num_mel_bins
     k = np.arange(n)[None, :]
     m = np.arange(n)[:, None]
