@@ -1,4 +1,4 @@
-"""`hfspeech data info SOURCE`: describe a speech source."""
+"""`hfspeech data info SOURCE`: describe a speech source; `hfspeech data split`: speaker-disjoint manifests."""
 
 from __future__ import annotations
 
@@ -38,6 +38,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--streaming", action="store_true", help="stream local sources too (Hub specs always stream)")
     info.add_argument("--limit", type=int, default=None, help="read at most this many utterances when streaming")
     info.set_defaults(func=run_info)
+    split = verbs.add_parser(
+        "split", help="speaker-disjoint train/dev manifests (and fixed-duration training subsets) of a labeled source",
+        description="Draws DEV_SPEAKERS speakers (seeded) for dev.tsv, the others for train.tsv, and for each "
+                    "--subset NAME=SECONDS a random part of train.tsv lasting that long (train_NAME.tsv); writes "
+                    "TSV manifests with absolute audio paths and split.json into OUT_DIR.")
+    split.add_argument("source", help="a local labeled source (audiofolder, manifest, LibriSpeech layout ...)")
+    split.add_argument("output_dir", help="directory for train.tsv, dev.tsv, train_NAME.tsv and split.json")
+    split.add_argument("--dev-speakers", type=int, required=True, help="number of speakers held out for dev")
+    split.add_argument("--subset", action="append", default=[], metavar="NAME=SECONDS",
+                       help="a training subset of about SECONDS of audio, e.g. 10min=600 (repeatable)")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--split", default=None, help="LibriSpeech split folder or Libri-light subset of SOURCE")
+    split.set_defaults(func=run_split)
+
+
+def _parse_subsets(pairs: list[str]) -> dict[str, float]:
+    subsets = {}
+    for pair in pairs:
+        name, _, seconds = pair.partition("=")
+        try:
+            subsets[name.strip()] = float(seconds)
+        except ValueError:
+            raise ValueError(f"--subset {pair!r}: expected NAME=SECONDS, e.g. 10min=600") from None
+        if not name.strip() or subsets[name.strip()] <= 0:
+            raise ValueError(f"--subset {pair!r}: expected a name and a positive number of seconds, e.g. 10min=600")
+    return subsets
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from .splits import write_split
+
+    summary = write_split(args.source, args.output_dir, args.dev_speakers, _parse_subsets(args.subset), args.seed,
+                          args.split)
+    for name, part in summary["manifests"].items():
+        print(f"{part['path']}: {part['utterances']} utterances, {60 * part['hours']:.1f} min, "
+              f"{part['speakers']} speakers")
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
