@@ -12,6 +12,9 @@ Every collator takes a list of examples (dicts with ``audio``: 16 kHz mono float
 Per-utterance normalisation (zero mean, unit variance over the *valid* samples, as in
 ``Wav2Vec2FeatureExtractor(do_normalize=True)``) is applied when ``normalize=True``, or
 delegated to a ``feature_extractor`` callable when one is given.
+
+With ``speed`` (a `SpeedPerturbation`), each waveform is first resampled to a randomly drawn
+speed (Kaldi's 0.9/1.0/1.1 augmentation); HuBERT labels are stretched with it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from .audio import TARGET_SAMPLE_RATE
+from .augmentation import SpeedPerturbation, speed_perturb, stretch_labels
 from .cropping import FAIRSEQ_MAX_SAMPLES, crop_windows
 from .text import TextNormalizer
 
@@ -84,6 +88,7 @@ class CTCCollator:
             :class:`hfspeech.data.text.TextNormalizer` the tokenizer's transcripts were made with
             (its errors then name the example's ``id``).
         pad_to_multiple_of: pad the sample axis to a multiple of this.
+        speed: optional `SpeedPerturbation` applied to each waveform first (training only).
     """
 
     def __init__(
@@ -93,12 +98,14 @@ class CTCCollator:
         normalize: bool = True,
         text_normalizer: Callable[[str], str] | None = None,
         pad_to_multiple_of: int | None = None,
+        speed: SpeedPerturbation | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.normalize = normalize
         self.text_normalizer = text_normalizer
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.speed = speed
 
     def _encode(self, example: Mapping[str, Any]) -> list[int]:
         if "labels" in example and example["labels"] is not None:
@@ -122,6 +129,8 @@ class CTCCollator:
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         waveforms = _waveforms(examples)
+        if self.speed is not None and self.speed.active:
+            waveforms = [speed_perturb(w, f) for w, f in zip(waveforms, self.speed.draw(len(waveforms)))]
         if self.feature_extractor is not None:
             options: dict[str, Any] = {"sampling_rate": TARGET_SAMPLE_RATE, "padding": True,
                                        "return_attention_mask": True, "return_tensors": "pt"}
@@ -151,6 +160,7 @@ class PretrainingCollator:
         normalize: per-utterance normalisation, applied to the full waveform before cropping
             (as fairseq does).
         generator: torch generator for crop starts (seeded for reproducible runs).
+        speed: optional `SpeedPerturbation`, applied to each whole waveform before cropping.
     """
 
     def __init__(
@@ -159,14 +169,22 @@ class PretrainingCollator:
         crop_to_shortest: bool = True,
         normalize: bool = False,
         generator: torch.Generator | None = None,
+        speed: SpeedPerturbation | None = None,
     ) -> None:
         self.max_samples = max_samples
         self.crop_to_shortest = crop_to_shortest
         self.normalize = normalize
         self.generator = generator
+        self.speed = speed
 
-    def _crop(self, examples: Sequence[Mapping[str, Any]]) -> tuple[list[np.ndarray], list[int], list[int]]:
+    def _speeds(self, count: int) -> list[float]:
+        return self.speed.draw(count) if self.speed is not None else [1.0] * count
+
+    def _crop(self, examples: Sequence[Mapping[str, Any]], speeds: Sequence[float] | None = None,
+              ) -> tuple[list[np.ndarray], list[int], list[int]]:
         waveforms = _waveforms(examples)
+        speeds = self._speeds(len(waveforms)) if speeds is None else speeds
+        waveforms = [speed_perturb(w, f) for w, f in zip(waveforms, speeds)]
         if self.normalize:
             waveforms = [normalize_waveform(w) for w in waveforms]
         starts, sizes = crop_windows([len(w) for w in waveforms], self.max_samples, self.crop_to_shortest, self.generator)
@@ -203,8 +221,9 @@ class HubertCollator(PretrainingCollator):
         normalize: bool = False,
         generator: torch.Generator | None = None,
         duration_tolerance: float = 0.1,
+        speed: SpeedPerturbation | None = None,
     ) -> None:
-        super().__init__(max_samples, crop_to_shortest, normalize, generator)
+        super().__init__(max_samples, crop_to_shortest, normalize, generator, speed)
         self.label_rates = label_rates
         self.duration_tolerance = duration_tolerance
 
@@ -233,7 +252,9 @@ class HubertCollator(PretrainingCollator):
                         f"{len(label_set) / rate:.3f} s but the audio lasts {seconds:.3f} s; labels and audio "
                         "are misaligned (wrong label_rate or stale targets)"
                     )
-        cropped, starts, sizes = self._crop(examples)
+        speeds = self._speeds(len(examples))
+        label_sets = [[stretch_labels(label_set, f) for label_set in sets] for sets, f in zip(label_sets, speeds)]
+        cropped, starts, sizes = self._crop(examples, speeds)
         values, mask = pad_waveforms(cropped)
         labels = []
         for set_index, rate in enumerate(rates):
