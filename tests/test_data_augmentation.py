@@ -63,3 +63,23 @@ def test_collators_apply_the_drawn_speed():
     batch = hubert([{"id": "a", "audio": speech, "labels": labels}])
     samples, frames = batch["input_values"].shape[1], batch["labels"][0].shape[1]
     assert abs(samples - len(speech) / 0.9) <= 1 and abs(frames - samples / 160) <= 1
+
+
+def test_pretraining_batches_with_speed_perturbation_replay_per_epoch():
+    from hfspeech.configuration import SpeechEncoderConfig
+    from hfspeech.training.arguments import PretrainingArguments
+    from hfspeech.training.pretrain_data import build_pretraining_batches
+
+    config = SpeechEncoderConfig.from_preset("tiny")
+
+    def first_batches(**fields):
+        args = PretrainingArguments(output_dir="unused", train_data=str(AN4), min_sample_seconds=1.0,
+                                    max_sample_seconds=10.0, max_batch_seconds=40.0, **fields)
+        batches, _ = build_pretraining_batches(args, config)
+        return [batch["input_values"] for batch in batches(0)]
+
+    plain = first_batches()
+    perturbed = first_batches(speed_perturbation=[0.9, 1.1])
+    assert [b.shape for b in perturbed] != [b.shape for b in plain]
+    again = first_batches(speed_perturbation=[0.9, 1.1])
+    assert all(torch.equal(a, b) for a, b in zip(perturbed, again))

@@ -21,6 +21,16 @@ FILE = Path(AN4) / "fash" / "an255-fash-b.flac"
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
+    """A tiny wav2vec 2.0 model after two pretraining updates (so fine-tuning may freeze it)."""
+    recipe = Path(__file__).parents[1] / "recipes" / "tiny" / "pretrain_wav2vec2.yaml"
+    output = tmp_path_factory.mktemp("pretrained")
+    assert cli_main(["pretrain", str(recipe), f"output_dir={output}", "max_steps=2", f"train_data={AN4}"]) == 0
+    return output / "final"
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    """A randomly initialised model directory (`hfspeech init`)."""
     directory = tmp_path_factory.mktemp("init") / "model"
     initialise_pretraining_model(directory, "wav2vec2", "tiny")
     return directory
@@ -56,6 +66,34 @@ def test_backbone_is_frozen_for_the_first_updates(pretrained, tmp_path):
     for key in backbone:
         torch.testing.assert_close(after[key], before[key], atol=0, rtol=0, msg=key)
     assert "lm_head.weight" in after  # the head exists and was trained from scratch
+
+
+def test_pretraining_records_its_updates_in_the_config(pretrained, fresh):
+    assert json.loads((pretrained / "config.json").read_text())["num_pretraining_updates"] == 2
+    assert json.loads((fresh / "config.json").read_text())["num_pretraining_updates"] == 0
+
+
+def test_a_model_without_pretraining_is_not_frozen(fresh, tmp_path, caplog):
+    """Frozen random weights have nothing to give: the loop warns and trains every parameter."""
+    with caplog.at_level("WARNING", logger="hfspeech.training.finetune_loop"):
+        finetune(fresh, tmp_path / "run", max_steps=2, freeze_transformer_steps=2, eval_steps=100)
+    assert "no self-supervised pretraining" in caplog.text and "freeze_transformer_steps: 0" in caplog.text
+    before = load_file(str(fresh / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    for key in ("speech_encoder.feature_encoder.conv_layers.0.conv.weight",
+                "speech_encoder.encoder.layers.0.attention.q_proj.weight"):
+        assert not torch.equal(after[key], before[key]), key
+
+
+def test_a_preset_name_trains_from_scratch_with_overrides(tmp_path):
+    result = finetune("tiny", tmp_path / "run", max_steps=2, eval_steps=2, freeze_transformer_steps=0,
+                      freeze_feature_encoder=False, model_overrides={"feature_frontend": "filterbank",
+                                                                      "num_mel_bins": 40})
+    config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert config["feature_frontend"] == "filterbank" and config["num_mel_bins"] == 40
+    assert config["num_pretraining_updates"] == 0 and set(result["final"]) == {"wer", "cer"}
+    with pytest.raises(FileNotFoundError, match="neither a preset"):
+        finetune("no-such-model", tmp_path / "bad", max_steps=1)
 
 
 def test_finetuning_refuses_unlabeled_data(pretrained, tmp_path):
@@ -190,3 +228,62 @@ def test_a_given_tokenizer_is_used_and_a_missing_one_is_refused(pretrained, tmp_
     assert written == json.loads((tmp_path / "tokenizer" / "vocab.json").read_text())
     with pytest.raises(FileNotFoundError, match="has no vocab.json"):
         finetune(pretrained, tmp_path / "bad", max_steps=1, tokenizer=str(tmp_path))
+
+
+def test_dev_wer_during_training_is_the_wer_of_hfspeech_evaluate(pretrained, tmp_path, capsys):
+    result = finetune(pretrained, tmp_path / "run", max_steps=6, eval_steps=6, freeze_transformer_steps=0)
+    assert cli_main(["evaluate", str(tmp_path / "run" / "final"), AN4, "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert result["final"]["wer"] == pytest.approx(evaluated["wer"], abs=1e-9)
+    assert result["final"]["cer"] == pytest.approx(evaluated["cer"], abs=1e-9)
+
+
+def test_speed_perturbation_early_stopping_and_checkpoint_averaging(pretrained, tmp_path):
+    from hfspeech.modeling.models import SpeechEncoderForCTC
+
+    result = finetune(pretrained, tmp_path / "run", max_steps=40, eval_steps=2, freeze_transformer_steps=0,
+                      learning_rate=1e-2, speed_perturbation=[0.9, 1.0, 1.1], average_checkpoints=3,
+                      early_stopping_patience=2)
+    # with patience 2 the run stops two evaluations after its best one, before max_steps
+    index = json.loads((tmp_path / "run" / "averaging" / "index.json").read_text())
+    assert len(index) == len(result["averaged"]) <= 3
+    assert [entry["update"] for entry in result["averaged"]] == \
+        [entry["update"] for entry in sorted(index, key=lambda e: (e["wer"], e["update"]))]
+    if result["stopped_early"]:
+        assert result["updates"] < 40
+    # final/ holds the mean of the kept weights
+    from safetensors.torch import load_file
+
+    kept = [load_file(str(tmp_path / "run" / "averaging" / f"update-{entry['update']:08d}.safetensors"))
+            for entry in index]
+    final = SpeechEncoderForCTC.from_pretrained(tmp_path / "run" / "final").state_dict()
+    key = "lm_head.weight"
+    torch.testing.assert_close(final[key], sum(state[key] for state in kept) / len(kept), atol=1e-6, rtol=1e-5)
+
+
+def test_utterances_too_short_for_their_transcript_are_skipped_and_named(pretrained, tmp_path, caplog):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(AN4, data)
+    rows = (data / "metadata.csv").read_text().splitlines()
+    rows[1] = "fash/an255-fash-b.flac," + " ".join(["A B"] * 60)  # 239 labels for a 2.5 s utterance
+    (data / "metadata.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING", logger="hfspeech.training.finetune_loop"):
+        result = finetune(pretrained, tmp_path / "run", train_data=str(data), dev_data="", max_steps=2)
+    assert len(result["unalignable_utterances"]) == 1 and "an255-fash-b" in result["unalignable_utterances"][0]
+    assert "1 of 7 training utterances are too short" in caplog.text
+    assert result["skipped_updates"] == 0
+
+
+def test_bad_dev_and_tokenizer_input_is_named(pretrained, tmp_path):
+    from hfspeech.processing import CharacterCTCTokenizer
+
+    narrow = CharacterCTCTokenizer.from_transcripts(["ABC"])
+    narrow.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(ValueError, match="characters the tokenizer has no id for"):
+        finetune(pretrained, tmp_path / "run", max_steps=1, tokenizer=str(tmp_path / "narrow"))
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("path\ttext\n")
+    with pytest.raises(ValueError, match="no utterances found"):
+        finetune(pretrained, tmp_path / "run2", max_steps=1, dev_data=str(empty))

@@ -40,6 +40,9 @@ class PretrainingArguments:
     max_batch_seconds: float = field(default=87.5, metadata={"help": "audio seconds per micro-batch (fairseq max_tokens 1.4M / 16 kHz)"})
     max_sample_seconds: float = field(default=15.625, metadata={"help": "random crop length (fairseq max_sample_size 250k)"})
     min_sample_seconds: float = field(default=2.0, metadata={"help": "shorter clips are dropped and counted (fairseq 32k)"})
+    speed_perturbation: list[float] = field(default_factory=list, metadata={"help": (
+        "speed factors drawn per utterance and epoch, audio (and HuBERT labels) resampled on the fly "
+        "(Kaldi/ESPnet: [0.9, 1.0, 1.1]); empty = off")})
     learning_rate: float = 5e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
@@ -63,10 +66,14 @@ class PretrainingArguments:
 
 @dataclass
 class FinetuningArguments:
-    """CTC fine-tuning run (fairseq base_10h-style defaults)."""
+    """CTC fine-tuning run (fairseq base_10h-style defaults; recipes/an4 for small data from scratch)."""
 
     output_dir: str = field(metadata={"help": "checkpoints, logs and the final model + processor"})
-    model: str = field(metadata={"help": "pretrained hfspeech model directory"})
+    model: str = field(metadata={"help": (
+        "pretrained hfspeech model directory, or a preset name (tiny/base/large/xlarge) to train from a random "
+        "initialisation (then with model_overrides, and nothing frozen)")})
+    model_overrides: dict = field(default_factory=dict, metadata={"help": (
+        "config fields replacing the preset's or the model directory's (e.g. {feature_frontend: filterbank})")})
     train_data: str = field(default="", metadata={"help": "labeled source(s), comma-separated"})
     train_split: str = field(default="", metadata={"help": "split of a local LibriSpeech/Libri-light source (10min, 1h, ...)"})
     dev_data: str = ""
@@ -76,10 +83,19 @@ class FinetuningArguments:
         "directory with a CTC tokenizer (vocab.json) to use, e.g. to share one alphabet across runs; "
         "default: the model directory's, else one built from the training transcripts")})
     learning_rate: float = 5e-5
+    lr_phase_ratios: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5], metadata={"help": (
+        "tri-stage schedule: fractions of max_steps for linear warm-up, hold and exponential decay (fairseq)")})
+    final_lr_scale: float = field(default=0.05, metadata={"help": "learning rate at the end, as a fraction of the peak"})
+    weight_decay: float = 0.0
     max_steps: int = 20_000
-    freeze_transformer_steps: int = field(default=10_000, metadata={"help": "updates with only the CTC head trained"})
-    freeze_feature_encoder: bool = field(default=True, metadata={"help": "keep the conv feature encoder fixed (fairseq)"})
+    freeze_transformer_steps: int = field(default=10_000, metadata={"help": (
+        "updates with only the CTC head trained (ignored, with a warning, for a model without pretraining)")})
+    freeze_feature_encoder: bool = field(default=True, metadata={"help": (
+        "keep the conv feature encoder fixed (fairseq; ignored, with a warning, for a model without pretraining)")})
     max_batch_seconds: float = 200.0
+    speed_perturbation: list[float] = field(default_factory=list, metadata={"help": (
+        "speed factors drawn per utterance and epoch, audio resampled on the fly (Kaldi/ESPnet: [0.9, 1.0, 1.1]); "
+        "empty = off")})
     mask_time_prob: float = 0.5
     mask_time_length: int = 10
     mask_feature_prob: float = 0.1
@@ -90,6 +106,10 @@ class FinetuningArguments:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 0.0
     eval_steps: int = 500
+    average_checkpoints: int = field(default=0, metadata={"help": (
+        "final/ = the parameter average of the N evaluations with the best dev WER (0 or 1: the last update)")})
+    early_stopping_patience: int = field(default=0, metadata={"help": (
+        "stop after this many evaluations without a better dev WER (0 = run max_steps)")})
     save_steps: int = 500
     logging_steps: int = 10
     seed: int = 1

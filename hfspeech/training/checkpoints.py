@@ -167,7 +167,8 @@ def check_run_config(path: Path, run_config: dict[str, Any], ignore_keys: tuple[
 
 def check_model_config(path: Path, model) -> None:
     """Refuse a checkpoint whose model config (``config.json``) differs from ``model``'s."""
-    ignored = {"_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype"}
+    ignored = {"_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype",
+               "num_pretraining_updates"}  # grows as the run goes
     saved = type(model.config).from_json_file(str(path / "config.json")).to_dict()
     current = model.config.to_dict()
     differences = sorted(key for key in set(saved) | set(current)

@@ -1,31 +1,41 @@
 """CTC fine-tuning under `accelerate`: frozen feature encoder, backbone frozen for the first
-updates, SpecAugment, tri-stage LR, periodic dev WER/CER, best checkpoint kept.
+updates, SpecAugment, speed perturbation, tri-stage LR, periodic dev WER/CER, the best model
+kept, early stopping and averaging of the best evaluations.
 
-The result is a complete model directory (model + feature extractor + tokenizer) that
-``transformers.pipeline("automatic-speech-recognition", model=DIR)`` loads.
+``model`` is a pretrained model directory, or a preset name for training from a random
+initialisation; a model without pretraining is never frozen (a frozen random encoder gives
+the CTC head nothing to learn from). The dev WER is the greedy decoding of ``hfspeech
+evaluate`` (`GreedyCTCDecoder`). The result is a complete model directory (model + feature
+extractor + tokenizer) that ``transformers.pipeline("automatic-speech-recognition", model=DIR)``
+loads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import CTCCollator, DurationBucketBatchSampler, TextNormalizer
+from ..configuration import PRESET_NAMES, SpeechEncoderConfig
+from ..data import (CTCCollator, DurationBucketBatchSampler, TextNormalizer, normalize_waveform, pad_waveforms,
+                    verify_sources)
+from ..data.augmentation import SpeedPerturbation
 from ..modeling.models import SpeechEncoderForCTC
 from ..processing import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor
 from .acceleration import (check_mixed_precision, compile_model, enable_fp16_on_cpu, reuse_freed_memory,
                            skip_scaled_update, uncompiled)
 from .arguments import FinetuningArguments, load_sources
+from .averaging import BestCheckpoints
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomically
 from .pretrain_loop import _EpochStream, _summary_writer
 from .schedules import build_scheduler
@@ -48,31 +58,135 @@ def build_processor(model_dir: str, transcripts: list[str], tokenizer_dir: str =
     return SpeechProcessor(SpeechFeatureExtractor(), CharacterCTCTokenizer.from_transcripts(transcripts))
 
 
-def greedy_transcribe(model: SpeechEncoderForCTC, processor: SpeechProcessor, batch: dict[str, torch.Tensor]) -> list[str]:
-    """Greedy CTC transcriptions of a collated batch (B utterances)."""
-    with torch.no_grad():
-        logits = model(input_values=batch["input_values"], attention_mask=batch["attention_mask"]).logits
-    frames = model.frame_lengths(batch["attention_mask"].sum(-1))
-    ids = logits.argmax(-1)
-    return [processor.tokenizer.decode(ids[row, : frames[row]].tolist(), skip_special_tokens=True) for row in range(len(ids))]
+def load_ctc_model(args: FinetuningArguments, tokenizer) -> SpeechEncoderForCTC:
+    """``args.model`` with a fresh CTC head over the tokenizer: a preset (random init, seeded) or a directory."""
+    fields = dict(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, mask_time_prob=args.mask_time_prob,
+        mask_time_length=args.mask_time_length, mask_feature_prob=args.mask_feature_prob,
+        mask_feature_length=args.mask_feature_length, layerdrop=args.layerdrop, final_dropout=args.final_dropout,
+        activation_dropout=args.activation_dropout, apply_spec_augment=True, ctc_loss_reduction="mean",
+        ctc_zero_infinity=False,  # an infinite loss skips (and counts) the update instead of vanishing silently
+        **args.model_overrides)
+    if args.model in PRESET_NAMES:
+        torch.manual_seed(args.seed)
+        return SpeechEncoderForCTC(SpeechEncoderConfig.from_preset(args.model, **fields))
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"model={args.model!r} is neither a preset {PRESET_NAMES} nor a model directory.")
+    return SpeechEncoderForCTC.from_pretrained(args.model, **fields)
 
 
-def evaluate_wer(model, processor, loader, accelerator: Accelerator) -> dict[str, float]:
-    """Greedy WER/CER over a dev loader (every process scores its shard; counts are summed)."""
-    from ..decoding.wer import error_report
+def freezing(args: FinetuningArguments, model: SpeechEncoderForCTC) -> tuple[bool, int]:
+    """(freeze the feature encoder?, updates with the backbone frozen) for this model."""
+    if model.config.num_pretraining_updates == 0 and (args.freeze_feature_encoder or args.freeze_transformer_steps):
+        logger.warning(
+            "%s has had no self-supervised pretraining (num_pretraining_updates=0): a frozen feature encoder "
+            "(freeze_feature_encoder=%s) or Transformer (freeze_transformer_steps=%d) would keep random weights "
+            "fixed, so every parameter is trained from the first update. Set freeze_feature_encoder: false and "
+            "freeze_transformer_steps: 0 to say so and silence this.",
+            args.model, args.freeze_feature_encoder, args.freeze_transformer_steps)
+        return False, 0
+    return args.freeze_feature_encoder, args.freeze_transformer_steps
 
-    model.eval()
-    references, hypotheses = [], []
-    for batch in loader:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        hypotheses += greedy_transcribe(accelerator.unwrap_model(model), processor, batch)
-        references += processor.tokenizer.batch_decode(
-            [[i for i in row.tolist() if i >= 0] for row in batch["labels"]], group_tokens=False, skip_special_tokens=True)
-    report = error_report(references, hypotheses)
-    counts = torch.tensor([report.words.errors, report.words.reference_length, report.chars.errors,
-                           report.chars.reference_length], dtype=torch.float64, device=accelerator.device)
-    counts = accelerator.reduce(counts, "sum")
-    return {"wer": float(counts[0] / counts[1]), "cer": float(counts[2] / counts[3])}
+
+def ctc_required_frames(label_ids: list[int]) -> int:
+    """Frames CTC needs for a label sequence: one per label plus a blank between each repeated pair."""
+    return len(label_ids) + sum(1 for a, b in zip(label_ids, label_ids[1:]) if a == b)
+
+
+def _column(dataset, name: str) -> list:
+    """A column read without decoding audio (a decoding dataset's transform would decode every row)."""
+    return dataset.with_format(None)[name] if hasattr(dataset, "with_format") else dataset[name]
+
+
+def drop_unalignable(dataset, transcripts: list[str], tokenizer, model: SpeechEncoderForCTC,
+                     fastest_speed: float = 1.0) -> tuple[Any, list[str]]:
+    """Drop utterances too short for CTC to align their transcript (at the fastest speed factor).
+
+    Returns the kept dataset and one line per dropped utterance (id, frames, frames needed).
+    """
+    durations = np.asarray(_column(dataset, "duration"), dtype=np.float64)
+    samples = torch.from_numpy(np.floor(durations * 16000 / fastest_speed).astype(np.int64))
+    frames = model.frame_lengths(samples).tolist()
+    ids = _column(dataset, "id")
+    dropped, keep = [], []
+    for row, (text, frame_count) in enumerate(zip(transcripts, frames)):
+        needed = ctc_required_frames(tokenizer(text)["input_ids"])
+        if frame_count < needed:
+            dropped.append(f"{ids[row]} ({frame_count} frames < {needed} needed for {text!r})")
+        else:
+            keep.append(row)
+    if dropped:
+        logger.warning("%d of %d training utterances are too short for CTC to align their transcript%s and are "
+                       "skipped: %s%s", len(dropped), len(frames),
+                       f" at speed {fastest_speed:g}" if fastest_speed != 1 else "", "; ".join(dropped[:5]),
+                       " ..." if len(dropped) > 5 else "")
+        dataset = dataset.select(keep)
+    return dataset, dropped
+
+
+def check_alphabet(transcripts: list[str], ids: list[str], tokenizer, where: str) -> list[str]:
+    """Characters of normalised transcripts that the tokenizer has no id for: one line per utterance."""
+    vocabulary = set(tokenizer.get_vocab())
+    delimiter = tokenizer.word_delimiter_token
+    problems = []
+    for text, utterance_id in zip(transcripts, ids):
+        missing = sorted({char for char in text if char not in vocabulary and not (char == " " and delimiter)})
+        if missing:
+            problems.append(f"{utterance_id}: {missing}")
+    if problems and where == "train":
+        raise ValueError(f"{len(problems)} training transcript(s) use characters the tokenizer has no id for "
+                         f"(e.g. {'; '.join(problems[:5])}); give a tokenizer with these characters, or leave "
+                         "tokenizer empty to build one from the training transcripts.")
+    if problems:
+        logger.warning("%d %s transcript(s) use characters the model cannot write (e.g. %s); they count as errors.",
+                       len(problems), where, "; ".join(problems[:5]))
+    return problems
+
+
+class DevEvaluator:
+    """Greedy WER/CER over a dev set, decoded as ``hfspeech evaluate`` does (`GreedyCTCDecoder`).
+
+    References are the normalised dev transcripts themselves (not decoded labels), so a
+    character the tokenizer lacks still counts as an error. The normalised dev audio is
+    decoded once and kept in memory.
+    """
+
+    def __init__(self, dataset, references: list[str], tokenizer, max_batch_seconds: float,
+                 accelerator: Accelerator) -> None:
+        from ..decoding import CTCVocabulary, DecoderSpec, build_decoder
+
+        self.dataset, self.references = dataset, references
+        self._waveforms: dict[int, np.ndarray] = {}
+        vocabulary = CTCVocabulary.from_tokenizer(tokenizer)
+        self.decoder = build_decoder(DecoderSpec(vocabulary.labels, "greedy", vocabulary.blank_index))
+        self.sampler = DurationBucketBatchSampler(
+            _column(dataset, "duration"), max_batch_seconds, shuffle=False, num_replicas=accelerator.num_processes,
+            rank=accelerator.process_index, uneven="drop" if accelerator.num_processes > 1 else "pad",
+            ids=_column(dataset, "id"))
+        self.accelerator = accelerator
+
+    @torch.no_grad()
+    def __call__(self, model: SpeechEncoderForCTC) -> dict[str, float]:
+        from ..decoding.wer import error_report
+
+        model.eval()
+        references, hypotheses = [], []
+        for rows in self.sampler:
+            for row in rows:
+                if int(row) not in self._waveforms:
+                    self._waveforms[int(row)] = normalize_waveform(self.dataset[int(row)]["audio"])
+            values, mask = pad_waveforms([self._waveforms[int(row)] for row in rows])
+            inputs = {"input_values": values.to(self.accelerator.device),
+                      "attention_mask": mask.to(self.accelerator.device)}
+            log_probs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
+            frames = model.frame_lengths(inputs["attention_mask"].sum(-1)).tolist()
+            hypotheses += [t.text for t in self.decoder.decode_batch(log_probs, frames)]
+            references += [self.references[int(row)] for row in rows]
+        report = error_report(references, hypotheses)
+        counts = torch.tensor([report.words.errors, report.words.reference_length, report.chars.errors,
+                               report.chars.reference_length], dtype=torch.float64, device=self.accelerator.device)
+        counts = self.accelerator.reduce(counts, "sum")
+        return {"wer": float(counts[0] / counts[1]), "cer": float(counts[2] / counts[3])}
 
 
 def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = None) -> dict[str, Any]:
@@ -89,49 +203,65 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     enable_fp16_on_cpu(accelerator)
     output_dir = Path(args.output_dir)
     torch.manual_seed(args.seed)
+    if args.verify_data:  # decode every file once before the first update; one error lists every bad one
+        verify_sources(args.train_data, args.train_split)
+        if args.dev_data:
+            verify_sources(args.dev_data, args.dev_split)
     normalizer = TextNormalizer()
     train = load_sources(args.train_data, args.train_split)
     if "text" not in train.column_names:
         raise ValueError(f"{args.train_data} has no transcripts: CTC fine-tuning needs labeled audio.")
-    transcripts = [normalizer(text, utterance_id) for text, utterance_id in zip(train["text"], train["id"])]
+    transcripts = [normalizer(text, utterance_id) for text, utterance_id in zip(_column(train, "text"),
+                                                                               _column(train, "id"))]
     processor = build_processor(args.model, transcripts, args.tokenizer)
     tokenizer = processor.tokenizer
-    model = SpeechEncoderForCTC.from_pretrained(
-        args.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        mask_time_prob=args.mask_time_prob, mask_time_length=args.mask_time_length,
-        mask_feature_prob=args.mask_feature_prob, mask_feature_length=args.mask_feature_length,
-        layerdrop=args.layerdrop, final_dropout=args.final_dropout, activation_dropout=args.activation_dropout, apply_spec_augment=True,
-        ctc_loss_reduction="mean",
-    )
-    if args.freeze_feature_encoder:
+    check_alphabet(transcripts, _column(train, "id"), tokenizer, "train")
+    model = load_ctc_model(args, tokenizer)
+    freeze_encoder, freeze_transformer_steps = freezing(args, model)
+    if freeze_encoder:
         model.freeze_feature_encoder()
-    collator = CTCCollator(tokenizer=tokenizer, feature_extractor=None, text_normalizer=normalizer)
+    speed = SpeedPerturbation(args.speed_perturbation, torch.Generator())
+    train, unalignable = drop_unalignable(train, transcripts, tokenizer, model, speed.fastest)
+    if len(train) == 0:
+        raise ValueError(f"{args.train_data}: no training utterance is long enough for its transcript.")
+    collator = CTCCollator(tokenizer=tokenizer, feature_extractor=None, text_normalizer=normalizer, speed=speed)
+    # batches are budgeted for the slowest (longest) speed factor
     sampler = DurationBucketBatchSampler(
-        train["duration"], args.max_batch_seconds, seed=args.seed, num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index, ids=train["id"])
-    dev_loader = None
+        np.asarray(_column(train, "duration")) / speed.slowest, args.max_batch_seconds, seed=args.seed,
+        num_replicas=accelerator.num_processes, rank=accelerator.process_index, ids=_column(train, "id"))
+    evaluate = None
     if args.dev_data:
         dev = load_sources(args.dev_data, args.dev_split)
-        dev_sampler = DurationBucketBatchSampler(
-            dev["duration"], args.max_batch_seconds, shuffle=False, num_replicas=accelerator.num_processes,
-            rank=accelerator.process_index, uneven="drop" if accelerator.num_processes > 1 else "pad", ids=dev["id"])
-        dev_loader = DataLoader(dev, batch_sampler=dev_sampler, collate_fn=collator)
+        if len(dev) == 0 or "text" not in dev.column_names:
+            raise ValueError(f"dev_data={args.dev_data!r} holds no labeled utterance; give a labeled dev set (e.g. "
+                             "`hfspeech data split` manifests) or leave dev_data empty.")
+        references = [normalizer(text, utterance_id) for text, utterance_id in zip(_column(dev, "text"),
+                                                                                 _column(dev, "id"))]
+        check_alphabet(references, _column(dev, "id"), tokenizer, "dev")
+        evaluate = DevEvaluator(dev, references, tokenizer, args.max_batch_seconds, accelerator)
 
     def batches_for_epoch(epoch: int):
         sampler.set_epoch(epoch)
+        speed.generator.manual_seed(args.seed * 10_007 + epoch)  # speeds replay on resume
         return iter(DataLoader(train, batch_sampler=sampler, collate_fn=collator))
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
-                                  betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
-    scheduler = build_scheduler(optimizer, "tri_stage", args.max_steps)
+                                  betas=(0.9, 0.98), eps=1e-8, weight_decay=args.weight_decay)
+    scheduler = build_scheduler(optimizer, "tri_stage", args.max_steps, phase_ratios=args.lr_phase_ratios,
+                                final_scale=args.final_lr_scale)
     run_config = dataclasses.asdict(args)
-    state: dict[str, Any] = {"epoch": 0, "position": 0, "best_wer": None, "skipped_updates": 0}
+    state: dict[str, Any] = {"epoch": 0, "position": 0, "best_wer": None, "skipped_updates": 0,
+                             "evaluations_without_improvement": 0}
     start = 0
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     if checkpoint is not None:
-        state = {"skipped_updates": 0, **load_checkpoint(checkpoint, model, optimizer, scheduler, run_config,
-                                                         scaler=accelerator.scaler)}
+        state = {"skipped_updates": 0, "evaluations_without_improvement": 0,
+                 **load_checkpoint(checkpoint, model, optimizer, scheduler, run_config, scaler=accelerator.scaler)}
         start = state.pop("step")
+    best_checkpoints = None
+    if args.average_checkpoints > 1 and evaluate is not None and accelerator.is_main_process:
+        best_checkpoints = BestCheckpoints(output_dir / "averaging", args.average_checkpoints)
+        best_checkpoints.forget_after(start)
     model = compile_model(model, args.torch_compile, args.torch_compile_backend)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = uncompiled(accelerator, model)
@@ -140,9 +270,10 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     progress = tqdm(total=args.max_steps, initial=start, disable=not accelerator.is_main_process, desc="finetune")
     metrics: dict[str, float] = {}
     losses: list[float] = []
+    stopped_early = False
     for update in range(start, args.max_steps):
         model.train()
-        unwrapped.backbone_frozen = update < args.freeze_transformer_steps
+        unwrapped.backbone_frozen = update < freeze_transformer_steps
         total_loss = 0.0
         for micro_step in range(args.gradient_accumulation_steps):
             batch = {k: v.to(accelerator.device) for k, v in stream.next().items()}
@@ -173,31 +304,49 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], update + 1)
             writer.add_scalar("train/grad_norm", grad_norm, update + 1)
         state.update(epoch=stream.epoch, position=stream.position)
-        if dev_loader is not None and ((update + 1) % args.eval_steps == 0 or update + 1 == args.max_steps):
-            metrics = evaluate_wer(model, processor, dev_loader, accelerator)
+        if evaluate is not None and ((update + 1) % args.eval_steps == 0 or update + 1 == args.max_steps):
+            metrics = evaluate(unwrapped)
             logger.info("update %d: dev WER %.2f%% CER %.2f%%", update + 1, 100 * metrics["wer"], 100 * metrics["cer"])
             if writer is not None:
                 writer.add_scalar("dev/wer", metrics["wer"], update + 1)
                 writer.add_scalar("dev/cer", metrics["cer"], update + 1)
-            if accelerator.is_main_process and (state["best_wer"] is None or metrics["wer"] < state["best_wer"]):
-                state["best_wer"] = metrics["wer"]
-                _save_model_directory(unwrapped, processor, output_dir / "best", metrics, run_config)
-        if (update + 1) % args.save_steps == 0 or update + 1 == args.max_steps:
+            if state["best_wer"] is None or metrics["wer"] < state["best_wer"]:
+                state["best_wer"], state["evaluations_without_improvement"] = metrics["wer"], 0
+                if accelerator.is_main_process:
+                    _save_model_directory(unwrapped, processor, output_dir / "best", metrics, run_config)
+            else:
+                state["evaluations_without_improvement"] += 1
+            if best_checkpoints is not None:
+                best_checkpoints.offer(update + 1, metrics["wer"], unwrapped)
+            stopped_early = 0 < args.early_stopping_patience <= state["evaluations_without_improvement"]
+        if (update + 1) % args.save_steps == 0 or update + 1 == args.max_steps or stopped_early:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(output_dir / "checkpoints", update + 1, unwrapped, optimizer, scheduler, state, run_config,
                                 scaler=accelerator.scaler)
+        if stopped_early:
+            logger.info("Early stopping at update %d: no better dev WER in %d evaluations (best %.2f%%).", update + 1,
+                        state["evaluations_without_improvement"], 100 * state["best_wer"])
+            break
     progress.close()
     accelerator.wait_for_everyone()
+    averaged = None
     if accelerator.is_main_process:
         unwrapped.backbone_frozen = False
+        if best_checkpoints is not None and best_checkpoints.entries:
+            averaged = best_checkpoints.average_into(unwrapped)
+            metrics = evaluate(unwrapped)
+            logger.info("final/ = mean of the %d best evaluations (updates %s): dev WER %.2f%% CER %.2f%%",
+                        len(averaged), [entry["update"] for entry in averaged], 100 * metrics["wer"],
+                        100 * metrics["cer"])
         _save_model_directory(unwrapped, processor, output_dir / "final", metrics, run_config)
         if args.push_to_hub:  # the complete final/ directory + model card (token: HF_TOKEN or `hf auth login`)
             from ..sharing import push_model_directory
 
             push_model_directory(output_dir / "final", args.hub_model_id or output_dir.name)
     return {"final": metrics, "best_wer": state["best_wer"], "skipped_updates": state["skipped_updates"],
-            "train_losses": losses}
+            "updates": len(losses) + start, "stopped_early": stopped_early, "averaged": averaged,
+            "unalignable_utterances": unalignable, "train_losses": losses}
 
 
 def _save_model_directory(model, processor: SpeechProcessor, directory: Path, metrics: dict[str, float],

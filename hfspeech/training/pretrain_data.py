@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..configuration import SpeechEncoderConfig
+from ..data.augmentation import SpeedPerturbation
 from ..data import DurationBucketBatchSampler, HubertCollator, PretrainingCollator, drop_short_utterances, verify_sources
 from .arguments import PretrainingArguments, load_sources
 from .pretrain_loop import BatchFactory
@@ -38,12 +39,13 @@ def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
             f"K={config.hubert_num_clusters}; set model_overrides.hubert_num_clusters={metadata.num_clusters}."
         )
     position = {utterance_id: index for index, utterance_id in enumerate(ids)}
-    missing = [utterance_id for utterance_id in dataset["id"] if utterance_id not in position]
+    dataset_ids = dataset.with_format(None)["id"]  # plain column: no audio decoding
+    missing = [utterance_id for utterance_id in dataset_ids if utterance_id not in position]
     if missing:
         raise ValueError(f"{len(missing)} utterance(s) have no labels in {labels_dir} (e.g. {missing[:5]}); "
                          "assign labels for this exact data source.")
     column = [[label_sets[k][position[utterance_id]].tolist() for k in metadata.num_clusters]
-              for utterance_id in dataset["id"]]
+              for utterance_id in dataset_ids]
     return add_column_keeping_audio_encoded(dataset, "labels", column), metadata.label_rate
 
 
@@ -64,24 +66,28 @@ def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderC
         raise ValueError(f"{args.train_data}: no utterance is at least {args.min_sample_seconds} s long; "
                          "lower min_sample_seconds or add data.")
     max_samples = int(args.max_sample_seconds * 16000)
-    generator = torch.Generator()
+    generator = torch.Generator()  # crops and speed factors; re-seeded every epoch
+    speed = SpeedPerturbation(args.speed_perturbation, generator)
     if config.objective == "hubert":
         if not args.labels:
             raise ValueError("HuBERT pretraining needs `labels`: a directory written by `hfspeech labels assign`.")
         dataset, label_rate = attach_labels(dataset, args.labels, config)
         collator = HubertCollator(label_rates=label_rate, max_samples=max_samples, crop_to_shortest=True,
-                                  normalize=True, generator=generator)
+                                  normalize=True, generator=generator, speed=speed)
     else:
-        collator = PretrainingCollator(max_samples=max_samples, crop_to_shortest=True, normalize=True, generator=generator)
-    durations = np.minimum(np.asarray(dataset["duration"], dtype=np.float64), args.max_sample_seconds)
+        collator = PretrainingCollator(max_samples=max_samples, crop_to_shortest=True, normalize=True, generator=generator,
+                                       speed=speed)
+    table = dataset.with_format(None)  # plain columns: reading them through the decoding transform decodes audio
+    # batches are budgeted for the slowest (longest) speed factor, crops included
+    durations = np.minimum(np.asarray(table["duration"], dtype=np.float64) / speed.slowest, args.max_sample_seconds)
     sampler = DurationBucketBatchSampler(durations, args.max_batch_seconds, seed=args.seed, num_replicas=num_processes,
-                                         rank=process_index, ids=dataset["id"])
+                                         rank=process_index, ids=table["id"])
 
     def batches_for_epoch(epoch: int):
         sampler.set_epoch(epoch)
         generator.manual_seed(args.seed * 10_007 + epoch * 101 + process_index)  # crops replay on resume
         return iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collator))
 
-    summary = {"utterances": len(dataset), "hours": float(np.sum(dataset["duration"])) / 3600,
+    summary = {"utterances": len(dataset), "hours": float(np.sum(table["duration"])) / 3600,
                "dropped_short": int(dropped or 0), "batches_per_epoch": len(sampler)}
     return batches_for_epoch, summary

@@ -117,6 +117,7 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
         start = state.pop("step")
         logger.info("Resuming from %s (update %d).", checkpoint, start)
     model_updates = state.pop("model_updates", start)  # updates applied: skipped ones do not anneal
+    earlier_updates = model.config.num_pretraining_updates or 0  # a model directory that was pretrained before
     model = compile_model(model, args.torch_compile, args.torch_compile_backend)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = uncompiled(accelerator, model)
@@ -179,6 +180,7 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
         if (update + 1) % args.save_steps == 0 or update + 1 == args.max_steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
+                unwrapped.config.num_pretraining_updates = earlier_updates + model_updates
                 save_checkpoint(output_dir, update + 1, unwrapped, optimizer, scheduler, state, run_config,
                                 keep=args.keep_checkpoints, scaler=accelerator.scaler)
     progress.close()
@@ -187,6 +189,8 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         from ..sharing.training_files import copy_label_kmeans, write_training_config
+
+        unwrapped.config.num_pretraining_updates = earlier_updates + model_updates
 
         def write_final(directory: Path) -> None:
             unwrapped.save_pretrained(directory)

@@ -35,11 +35,18 @@ def tri_stage_factor(step: int, total_steps: int, phase_ratios: tuple[float, flo
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_ratio: float = 0.08,
-                    phase_ratios: tuple[float, float, float] = (0.1, 0.4, 0.5)) -> LambdaLR:
-    """``kind``: "polynomial" (pretraining: warm-up ``warmup_ratio`` then linear decay) or "tri_stage"."""
+                    phase_ratios: tuple[float, float, float] = (0.1, 0.4, 0.5), final_scale: float = 0.05) -> LambdaLR:
+    """``kind``: "polynomial" (pretraining: warm-up ``warmup_ratio`` then linear decay) or "tri_stage"
+    (fine-tuning: ``phase_ratios`` of warm-up, hold and decay down to ``final_scale``)."""
     if kind == "polynomial":
         warmup = int(round(total_steps * warmup_ratio))
         return LambdaLR(optimizer, lambda step: polynomial_decay_factor(step, warmup, total_steps))
     if kind == "tri_stage":
-        return LambdaLR(optimizer, lambda step: tri_stage_factor(step, total_steps, phase_ratios))
+        if len(phase_ratios) != 3 or min(phase_ratios) < 0 or abs(sum(phase_ratios) - 1) > 1e-6:
+            raise ValueError(f"tri-stage phase ratios must be three non-negative fractions summing to 1, got "
+                             f"{list(phase_ratios)} (fairseq: [0.1, 0.4, 0.5])")
+        if not 0 < final_scale <= 1:
+            raise ValueError(f"final_lr_scale must be in (0, 1], got {final_scale}")
+        ratios = tuple(phase_ratios)
+        return LambdaLR(optimizer, lambda step: tri_stage_factor(step, total_steps, ratios, final_scale=final_scale))
     raise ValueError(f"Unknown lr schedule {kind!r}; use 'polynomial' or 'tri_stage'.")
