@@ -120,3 +120,21 @@ def test_conversion_to_transformers_refuses_a_filterbank_model(tmp_path):
     SpeechEncoderForCTC(filterbank_config(vocab_size=8)).save_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match="cannot be converted"):
         convert_to_transformers(tmp_path / "model", tmp_path / "out")
+
+
+def test_a_saved_filterbank_model_loads_with_its_constants(tmp_path):
+    """The window and mel filters are non-persistent buffers: ``from_pretrained`` must rebuild them."""
+    torch.manual_seed(0)
+    model = SpeechEncoderForCTC(filterbank_config(vocab_size=8)).eval()
+    model.save_pretrained(tmp_path / "model")
+    loaded = SpeechEncoderForCTC.from_pretrained(tmp_path / "model").eval()
+    waveform = torch.randn(1, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(waveform).logits, model(waveform).logits)
+    from hfspeech import SpeechEncoderForPreTraining
+
+    SpeechEncoderForPreTraining(SpeechEncoderConfig.from_preset("tiny", objective="hubert", feature_frontend="filterbank",
+                                                                num_mel_bins=23)).save_pretrained(tmp_path / "pt")
+    ctc = SpeechEncoderForCTC.from_pretrained(tmp_path / "pt", vocab_size=8).eval()
+    with torch.no_grad():
+        assert torch.isfinite(ctc(waveform).logits).all()

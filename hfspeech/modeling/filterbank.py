@@ -73,10 +73,19 @@ class FilterbankEncoder(nn.Module):
         super().__init__()
         self.window, self.hop = config.receptive_field, config.inputs_to_logits_ratio
         self.fft_size = 1 << (self.window - 1).bit_length()
+        self.num_mel_bins = config.num_mel_bins
+        self.register_buffer("povey_window", torch.empty(self.window), persistent=False)
+        self.register_buffer("mel_banks", torch.empty(self.fft_size // 2 + 1, self.num_mel_bins), persistent=False)
+        self.reset_buffers()
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Fill the window and filterbank constants (also after ``from_pretrained``, which builds the
+        model without running this on real storage and loads no value for non-persistent buffers)."""
         povey = torch.hann_window(self.window, periodic=False, dtype=torch.float64).pow(0.85)
-        banks = kaldi_mel_banks(config.num_mel_bins, self.fft_size)
-        self.register_buffer("povey_window", povey.float(), persistent=False)
-        self.register_buffer("mel_banks", torch.from_numpy(banks.T.copy()).float(), persistent=False)
+        banks = torch.from_numpy(kaldi_mel_banks(self.num_mel_bins, self.fft_size).T.copy())
+        self.povey_window.copy_(povey)
+        self.mel_banks.copy_(banks)
 
     def forward(self, input_values: torch.Tensor, sample_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """input_values: (B, S) float; sample_lengths: unused (frames are local). Returns (B, T, M)."""

@@ -80,6 +80,8 @@ class SpeechEncoderPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or type(module).__name__ == "MaskedChannelNorm":
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, FilterbankEncoder):
+            module.reset_buffers()
         elif isinstance(module, SpeechEncoderModel):
             init.uniform_(module.masked_spec_embed)
             _init_feature_projection(module.feature_projection)
