@@ -287,3 +287,13 @@ def test_bad_dev_and_tokenizer_input_is_named(pretrained, tmp_path):
     empty.write_text("path\ttext\n")
     with pytest.raises(ValueError, match="no utterances found"):
         finetune(pretrained, tmp_path / "run2", max_steps=1, dev_data=str(empty))
+
+
+def test_overrides_take_yaml_numbers_without_a_dot_and_refuse_wrong_types():
+    from hfspeech.training.arguments import parse_arguments
+
+    recipe = Path(__file__).parents[1] / "recipes" / "an4" / "finetune.yaml"
+    args = parse_arguments(FinetuningArguments, recipe, ["learning_rate=5e-4", "max_steps=10"])
+    assert args.learning_rate == 5e-4 and isinstance(args.learning_rate, float) and args.max_steps == 10
+    with pytest.raises(ValueError, match="max_steps: expected int, got 'ten'"):
+        parse_arguments(FinetuningArguments, recipe, ["max_steps=ten"])

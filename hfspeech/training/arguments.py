@@ -36,6 +36,9 @@ class PretrainingArguments:
     train_data: str = field(default="", metadata={"help": "data source(s), comma-separated (path or librispeech:CONFIG/SPLIT)"})
     train_split: str = field(default="", metadata={"help": "split of a local LibriSpeech/Libri-light source"})
     labels: str = field(default="", metadata={"help": "HuBERT: labels directory written by `hfspeech labels assign`"})
+    dev_data: str = field(default="", metadata={"help": "held-out audio on which the objective is scored every eval_steps"})
+    dev_labels: str = field(default="", metadata={"help": "HuBERT: labels of dev_data (the same k-means as labels)"})
+    eval_steps: int = 500
     verify_data: bool = field(default=False, metadata={"help": VERIFY_DATA_HELP})
     max_batch_seconds: float = field(default=87.5, metadata={"help": "audio seconds per micro-batch (fairseq max_tokens 1.4M / 16 kHz)"})
     max_sample_seconds: float = field(default=15.625, metadata={"help": "random crop length (fairseq max_sample_size 250k)"})
@@ -140,12 +143,30 @@ def parse_arguments(dataclass_type: type[T], config_file: str | Path | None = No
             raise ValueError(f"Override {item!r} is not of the form key=value.")
         key, raw = item.split("=", 1)
         values[key.strip()] = yaml.safe_load(raw)
-    valid = {f.name for f in dataclasses.fields(dataclass_type)}
-    unknown = sorted(set(values) - valid)
+    fields = {f.name: f for f in dataclasses.fields(dataclass_type)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"Unknown config key(s) {unknown} for {dataclass_type.__name__}; valid keys: {sorted(valid)}.")
+        raise ValueError(f"Unknown config key(s) {unknown} for {dataclass_type.__name__}; valid keys: {sorted(fields)}.")
+    for key, value in values.items():
+        values[key] = _typed(key, value, fields[key].type)
     (parsed,) = HfArgumentParser(dataclass_type).parse_dict(values)
     return parsed
+
+
+def _typed(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` as the field's scalar type. YAML reads ``5e-4`` (no dot) as a string; numbers are
+    accepted where a float is expected; anything else of the wrong type is refused by name."""
+    kind = {"float": float, "int": int, "bool": bool, "str": str}.get(str(annotation))
+    if kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{key}: expected {kind.__name__}, got {value!r} ({type(value).__name__}).")
 
 
 def load_sources(specs: str, split: str = ""):
