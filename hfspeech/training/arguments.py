@@ -7,6 +7,7 @@ unknown key is an error that lists the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -147,8 +148,9 @@ def parse_arguments(dataclass_type: type[T], config_file: str | Path | None = No
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"Unknown config key(s) {unknown} for {dataclass_type.__name__}; valid keys: {sorted(fields)}.")
+    hints = typing.get_type_hints(dataclass_type)  # (HfArgumentParser replaces string annotations by types)
     for key, value in values.items():
-        values[key] = _typed(key, value, fields[key].type)
+        values[key] = _typed(key, value, hints[key])
     (parsed,) = HfArgumentParser(dataclass_type).parse_dict(values)
     return parsed
 
@@ -156,7 +158,7 @@ def parse_arguments(dataclass_type: type[T], config_file: str | Path | None = No
 def _typed(key: str, value: Any, annotation: Any) -> Any:
     """``value`` as the field's scalar type. YAML reads ``5e-4`` (no dot) as a string; numbers are
     accepted where a float is expected; anything else of the wrong type is refused by name."""
-    kind = {"float": float, "int": int, "bool": bool, "str": str}.get(str(annotation))
+    kind = annotation if annotation in (float, int, bool, str) else None
     if kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
