@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .stages import Stages
+
 logger = logging.getLogger("hfspeech.demo")
 
 # A small model that learns in CPU-minutes (BASE is 12 x 768; the code is the same). Pre-LN
@@ -41,45 +43,6 @@ FULL = dict(train_sentences=160, dev_sentences=40, seen_sentences=30, pretrain_s
             beam_width=32, finetune_batch_seconds=20.0)
 QUICK = dict(train_sentences=24, dev_sentences=6, seen_sentences=1, pretrain_steps=4, finetune_steps=6, beam_width=8,
              finetune_batch_seconds=20.0)
-
-
-def run_stage(output: Path, name: str, function: Callable[[Path], dict[str, Any]], settings: Any = None,
-              redo: bool = False) -> dict[str, Any]:
-    """Run ``function(stage_dir)`` unless ``stage_dir/result.json`` exists; record its wall time.
-
-    ``settings`` (JSON-able) are saved with the result; a cached result made with other settings
-    (an earlier ``--quick`` run, an older demo) is not reused: the stage directory is cleared and
-    the stage runs again, as it does when ``redo`` is set (an earlier stage was re-run).
-    """
-    import shutil
-
-    directory = output / name
-    result_file = directory / "result.json"
-    if reusable(directory, settings, redo):
-        result = json.loads(result_file.read_text())
-        result.pop("settings", None)
-        logger.info("[%s] reused (delete %s to redo it)", name, directory)
-        return result
-    if result_file.exists() or (redo and directory.exists()):  # (without a result: an interrupted run to resume)
-        logger.info("[%s] %s; running it again", name,
-                    "an earlier stage was re-run" if redo else "the cached result was made with other settings")
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    logger.info("[%s] running ...", name)
-    began = time.perf_counter()
-    result = function(directory)
-    result["seconds"] = time.perf_counter() - began
-    result_file.write_text(json.dumps(result if settings is None else {**result, "settings": settings}, indent=2))
-    logger.info("[%s] done in %.0f s", name, result["seconds"])
-    return result
-
-
-def reusable(directory: Path, settings: Any = None, redo: bool = False) -> bool:
-    """Whether `run_stage` would reuse ``directory/result.json`` (there, same settings, no redo)."""
-    result_file = directory / "result.json"
-    if redo or not result_file.exists():
-        return False
-    return settings is None or json.loads(result_file.read_text()).get("settings") == settings
 
 
 def stage_corpus(directory: Path, settings: dict) -> dict:
@@ -223,16 +186,13 @@ def run_stages(output: Path, settings: dict) -> tuple[dict, Path]:
     """Every stage in order, each reused when its result.json exists and was made with the same
     settings (once one stage runs again, every later one does too); returns results and the model dir."""
     corpus = output / "corpus"
-    fingerprint = {"format": DEMO_FORMAT, "settings": settings, "model": DEMO_MODEL}
-    results: dict[str, dict] = {}
-    redo = False
+    stages = Stages(output, {"format": DEMO_FORMAT, "settings": settings, "model": DEMO_MODEL})
+    chain: list[str] = []
 
     def stage(name: str, function: Callable[[Path], dict[str, Any]]) -> dict:
-        nonlocal redo
-        runs = not reusable(output / name, fingerprint, redo)
-        results[name] = run_stage(output, name, function, fingerprint, redo)
-        redo = redo or runs
-        return results[name]
+        result = stages.run(name, function, after=chain[-1:])
+        chain.append(name)
+        return result
 
     stage("corpus", lambda d: stage_corpus(d, settings))
     stage("labels", lambda d: stage_labels(d, corpus))
@@ -240,7 +200,7 @@ def run_stages(output: Path, settings: dict) -> tuple[dict, Path]:
     model_dir = Path(stage("finetune", lambda d: stage_finetune(d, corpus, pretrained, settings))["model"])
     stage("lm", lambda d: stage_lm(d, corpus, model_dir))
     stage("decode", lambda d: stage_decode(d, corpus, model_dir, output / "lm", settings))
-    return results, model_dir
+    return stages.results, model_dir
 
 
 def format_summary(results: dict, model_dir: Path) -> str:

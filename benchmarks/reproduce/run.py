@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from hfspeech.demo import run_stage  # noqa: E402
+from hfspeech.stages import run_stage  # noqa: E402
 
 logger = logging.getLogger("reproduce")
 

@@ -141,7 +141,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return path
 
 
-IGNORED_CONFIG_KEYS = ("max_steps", "output_dir", "resume", "logging_steps", "save_steps", "keep_checkpoints",
+IGNORED_CONFIG_KEYS = ("max_steps", "output_dir", "resume", "logging_steps", "save_steps", "keep_checkpoints", "eval_steps",
                        "push_to_hub", "hub_model_id", "torch_compile", "torch_compile_backend")
 """Run-config fields a resumed run may change: how long it runs, where it reports and saves, whether it compiles."""
 

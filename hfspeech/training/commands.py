@@ -42,7 +42,7 @@ def run_pretrain(namespace: argparse.Namespace) -> int:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     from .arguments import PretrainingArguments, parse_arguments
-    from .pretrain_data import build_pretraining_batches
+    from .pretrain_data import build_dev_batches, build_pretraining_batches
     from .pretrain_loop import run_pretraining
 
     args = parse_arguments(PretrainingArguments, namespace.config, namespace.overrides)
@@ -50,9 +50,14 @@ def run_pretrain(namespace: argparse.Namespace) -> int:
     accelerator = Accelerator(mixed_precision=args.mixed_precision, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=model.config.layerdrop > 0)])
     batches, summary = build_pretraining_batches(args, model.config, accelerator.num_processes, accelerator.process_index)
+    dev_batches, dev_summary = build_dev_batches(args, model.config, accelerator.num_processes, accelerator.process_index)
     if accelerator.is_main_process:
         logger.info("Pretraining data: %s", json.dumps(summary))
-    result = run_pretraining(model, batches, args, accelerator)
+        if dev_summary:
+            logger.info("Held-out data: %s", json.dumps(dev_summary))
+    result = run_pretraining(model, batches, args, accelerator, dev_batches)
+    if dev_summary:
+        result["dev_data"] = dev_summary
     if accelerator.is_main_process:
         print(json.dumps({"output_dir": args.output_dir, "final_model": str(Path(args.output_dir) / "final"),
                           **result}, indent=2, default=str))

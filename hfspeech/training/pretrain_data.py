@@ -91,3 +91,33 @@ def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderC
     summary = {"utterances": len(dataset), "hours": float(np.sum(table["duration"])) / 3600,
                "dropped_short": int(dropped or 0), "batches_per_epoch": len(sampler)}
     return batches_for_epoch, summary
+
+
+def build_dev_batches(args: PretrainingArguments, config: SpeechEncoderConfig, num_processes: int = 1,
+                      process_index: int = 0) -> tuple[BatchFactory | None, dict[str, Any]]:
+    """Held-out batches for `run_pretraining`'s evaluation (None without ``args.dev_data``) and their summary.
+
+    The dev audio is cropped and batched like the training audio (fixed seed, no speed
+    perturbation). For HuBERT the summary carries ``majority_cluster_rate`` per label set: the
+    accuracy of always predicting the most frequent cluster of the dev labels, the floor the
+    masked-frame accuracy must clear.
+    """
+    import dataclasses
+
+    if not args.dev_data:
+        return None, {}
+    if config.objective == "hubert" and not args.dev_labels:
+        raise ValueError("dev_data for HuBERT needs dev_labels: assign labels to the dev audio with the same k-means "
+                         "(`hfspeech labels assign KMEANS DEV_DATA DEV_LABELS`).")
+    dev_args = dataclasses.replace(args, train_data=args.dev_data, train_split="", labels=args.dev_labels,
+                                   speed_perturbation=[], verify_data=False, seed=0)
+    batches, summary = build_pretraining_batches(dev_args, config, num_processes, process_index)
+    if config.objective == "hubert":
+        from ..targets.assign import read_label_directory
+
+        metadata, _, label_sets = read_label_directory(args.dev_labels)
+        summary["majority_cluster_rate"] = {}
+        for k in metadata.num_clusters:
+            counts = np.bincount(np.concatenate([np.asarray(labels) for labels in label_sets[k]]), minlength=k)
+            summary["majority_cluster_rate"][str(k)] = float(counts.max() / counts.sum())
+    return batches, summary

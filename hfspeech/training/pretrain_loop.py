@@ -85,8 +85,12 @@ def build_optimizer(model: torch.nn.Module, args: PretrainingArguments) -> torch
 
 
 def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArguments,
-                    accelerator: Accelerator | None = None) -> dict[str, Any]:
+                    accelerator: Accelerator | None = None, dev_batches: BatchFactory | None = None) -> dict[str, Any]:
     """Train ``model`` (a `SpeechEncoderForPreTraining`) for ``args.max_steps`` updates.
+
+    With ``dev_batches`` (`build_dev_batches`), the objective is also scored on held-out audio
+    every ``args.eval_steps`` updates and at the end (``dev/...`` in TensorBoard, ``dev_metrics``
+    in the result: HuBERT masked-frame accuracy, wav2vec 2.0 contrastive accuracy).
 
     Returns the loop's final state (step, skipped updates, last metrics). Checkpoints go to
     ``args.output_dir`` every ``args.save_steps``; with ``args.resume`` the loop continues
@@ -177,6 +181,14 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
         optimizer.zero_grad(set_to_none=True)
         progress.update(1)
         state.update(epoch=stream.epoch, position=stream.position, model_updates=model_updates)
+        if dev_batches is not None and ((update + 1) % args.eval_steps == 0 or update + 1 == args.max_steps):
+            dev_metrics = evaluate_pretraining(model, dev_batches, accelerator, args.seed)
+            logger.info("update %d: dev %s", update + 1, ", ".join(f"{key} {value:.4f}" for key, value in
+                                                                    dev_metrics.items() if key != "masked_frames"))
+            if writer is not None:
+                for key, value in dev_metrics.items():
+                    writer.add_scalar(f"dev/{key}", value, update + 1)
+            state["dev_metrics"] = dev_metrics
         if (update + 1) % args.save_steps == 0 or update + 1 == args.max_steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
@@ -230,9 +242,18 @@ def _accumulate(totals: dict[str, torch.Tensor], output) -> None:
 
 def _metrics(summed: dict[str, torch.Tensor], grad_norm, scheduler, model, audio_seconds: float,
              seconds: float) -> dict[str, float]:
+    metrics = {**_objective_metrics(summed), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+               "audio_seconds_per_second": audio_seconds / seconds}
+    temperature = getattr(getattr(getattr(model, "objective", None), "quantizer", None), "temperature", None)
+    if temperature is not None:
+        metrics["gumbel_temperature"] = float(temperature)
+    return metrics
+
+
+def _objective_metrics(summed: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss per scored frame and the objective's metrics from sums over micro-batches (and processes)."""
     sample_size = float(summed["sample_size"])
-    metrics = {"loss": float(summed["loss"]) / sample_size, "grad_norm": float(grad_norm),
-               "lr": scheduler.get_last_lr()[0], "audio_seconds_per_second": audio_seconds / seconds,
+    metrics = {"loss": float(summed["loss"]) / sample_size,
                "masked_frames": float(summed.get("num_masked", summed["sample_size"]))}
     for key in ("contrastive_loss", "diversity_loss", "masked_loss", "unmasked_loss", "accuracy", "codevector_perplexity"):
         if key in summed:
@@ -242,10 +263,25 @@ def _metrics(summed: dict[str, torch.Tensor], grad_norm, scheduler, model, audio
             metrics[key] = float(value) / max(1.0, float(summed["num_masked"]))
         elif key.startswith("unmasked_accuracy_"):
             metrics[key] = float(value) / max(1.0, float(summed["num_unmasked"]))
-    temperature = getattr(getattr(getattr(model, "objective", None), "quantizer", None), "temperature", None)
-    if temperature is not None:
-        metrics["gumbel_temperature"] = float(temperature)
     return metrics
+
+
+@torch.no_grad()
+def evaluate_pretraining(model, dev_batches: BatchFactory, accelerator: Accelerator, seed: int) -> dict[str, float]:
+    """The objective's loss and accuracies on held-out audio, in eval mode (no dropout).
+
+    Batch i is masked with a generator seeded ``seed + i``, so every evaluation of a run scores
+    the same masked frames (and the same wav2vec 2.0 negatives).
+    """
+    model.eval()
+    totals: dict[str, torch.Tensor] = {}
+    for index, batch in enumerate(dev_batches(0)):
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        generator = torch.Generator(device=accelerator.device).manual_seed(seed + index)
+        _accumulate(totals, model(**batch, generator=generator))
+    if not totals:
+        raise ValueError("The dev data yields no batch: no held-out utterance is long enough.")
+    return _objective_metrics({key: accelerator.reduce(value, "sum") for key, value in totals.items()})
 
 
 def _summary_writer(output_dir: Path, accelerator: Accelerator):
