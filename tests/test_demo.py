@@ -7,20 +7,22 @@ import json
 from hfspeech.demo import main
 
 
-def test_quick_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
+def test_quick_demo_runs_every_stage_on_real_voices_and_reuses_them(tmp_path, capsys):
     assert main(["--output", str(tmp_path), "--quick"]) == 0
     printed = capsys.readouterr().out
-    assert "dev WER, greedy CTC" in printed and "4-gram LM beam" in printed and "PNMI" in printed
+    assert "test WER, greedy CTC" in printed and "4-gram LM beam" in printed and "PNMI" in printed
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["corpus"]["train"]["utterances"] == 72 and summary["decode"]["utterances"] == 6
-    # the second test set: one new sentence spoken by each of the three training voices
-    assert summary["corpus"]["seen"]["utterances"] == 3 and summary["decode"]["seen"]["utterances"] == 3
-    trained = set((tmp_path / "corpus" / "train_transcripts.txt").read_text().splitlines())
-    assert not set((tmp_path / "corpus" / "seen_transcripts.txt").read_text().splitlines()) & trained
-    assert "seen voices, new sentences" in printed
+    split = summary["split"]
+    test_speakers = set(split["test"]["dev_speakers"])
+    assert len(test_speakers) == 2 and not test_speakers & set(split["finetune"]["dev_speakers"])
+    # the test speakers are in neither the fine-tuning data nor the pretraining data
+    training = (tmp_path / "split" / "tune" / "train.tsv").read_text()
+    pretraining = (tmp_path / "split" / "test" / "train.tsv").read_text()
+    assert not any(f"\t{speaker}\t" in training + pretraining for speaker in test_speakers)
+    assert summary["decode"]["test"]["utterances"] == split["test"]["manifests"]["dev"]["utterances"]
     assert 0.0 < summary["labels"]["pnmi"] < 1.0
     for key in ("wer_greedy", "wer_lm"):
-        assert 0.0 <= summary["decode"][key] and 0.0 <= summary["decode"]["seen"][key]
+        assert 0.0 <= summary["decode"]["test"][key]
     # a second run reuses every finished stage
     assert main(["--output", str(tmp_path), "--quick"]) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["labels"] == summary["labels"]
@@ -39,22 +41,24 @@ def test_stages_are_reused_only_with_the_same_settings_and_redone_after_an_earli
             return {"model": str(directory / "model")} if model else {"value": name}
         return stage
 
-    for name in ("corpus", "labels", "lm", "decode"):
-        monkeypatch.setattr(demo, f"stage_{name}", fake(name))
+    for name in ("split", "pnmi_corpus", "labels", "decode"):
+        monkeypatch.setattr(demo, f"stage_{name}", fake(name.removesuffix("_corpus")))
     monkeypatch.setattr(demo, "stage_pretrain", fake("pretrain", model=True))
     monkeypatch.setattr(demo, "stage_finetune", fake("finetune", model=True))
-    everything = ["corpus", "labels", "pretrain", "finetune", "lm", "decode"]
+    monkeypatch.setattr(demo, "stage_tokenizer", lambda directory, *args: (ran.append("tokenizer"), {"tokenizer": "t"})[1])
+    monkeypatch.setattr(demo, "stage_lm", lambda directory, *args: (ran.append("lm"), {"lm": "l"})[1])
+    everything = ["split", "pnmi", "labels", "pretrain", "tokenizer", "finetune", "lm", "decode"]
 
     demo.run_stages(tmp_path, demo.QUICK)
     assert ran == everything
     ran.clear()
     results, _ = demo.run_stages(tmp_path, demo.QUICK)
-    assert ran == [] and results["lm"] == {"value": "lm", "seconds": results["lm"]["seconds"]}
+    assert ran == [] and results["decode"] == {"value": "decode", "seconds": results["decode"]["seconds"]}
     demo.run_stages(tmp_path, demo.FULL)  # other settings: nothing cached is reused
     assert ran == everything
     ran.clear()
     (tmp_path / "pretrain" / "result.json").unlink()  # e.g. deleted to redo it: it and what follows run again
     (tmp_path / "finetune" / "stale.txt").write_text("from the previous fine-tuning")
     demo.run_stages(tmp_path, demo.FULL)
-    assert ran == ["pretrain", "finetune", "lm", "decode"]
+    assert ran == ["pretrain", "tokenizer", "finetune", "lm", "decode"]
     assert not (tmp_path / "finetune" / "stale.txt").exists()

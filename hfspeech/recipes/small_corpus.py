@@ -108,25 +108,36 @@ def build_lm(directory: Path, tokenizer: str, train_manifest: str, order: int) -
             "sentences": files.num_sentences}
 
 
-def evaluate(directory: Path, model_dir: str, dev_manifest: str, lm_dir: str, trials: int,
-             beam_width: int) -> dict[str, Any]:
-    """Dev WER/CER greedy and with the LM, alpha/beta tuned on the same dev set (``hfspeech lm tune``)."""
+def evaluate(directory: Path, model_dir: str, dev_manifest: str, lm_dir: str, trials: int, beam_width: int,
+             test_manifest: str | None = None) -> dict[str, Any]:
+    """WER/CER greedy and with the LM on ``dev_manifest``, alpha/beta tuned there (``hfspeech lm tune``);
+    with ``test_manifest`` also both on it, with the weights tuned on dev (``result["test"]``)."""
     from ..decoding import DecoderSpec
     from ..decoding.model_emissions import compute_emissions, evaluate_emissions, load_ctc_model
     from ..decoding.tuning import tune_lm_weights
 
     loaded = load_ctc_model(model_dir)
-    cache = compute_emissions(loaded, dev_manifest, require_transcripts=True)
-    labels, blank = cache.vocabulary.labels, cache.vocabulary.blank_index
-    greedy = evaluate_emissions(cache, DecoderSpec(labels, "greedy", blank))
-    spec = DecoderSpec(labels, "flashlight", blank, lm_path=lm_dir, beam_width=beam_width,
-                       seconds_per_frame=cache.seconds_per_frame)
-    tuning = tune_lm_weights(cache, spec, num_trials=trials, seed=0)
-    tuning.to_json(directory / "lm_tuning.json")
-    with_lm = evaluate_emissions(cache, tuning.apply(spec))
-    return {"utterances": len(cache.references), "wer_greedy": greedy.report.wer, "cer_greedy": greedy.report.cer,
-            "wer_lm": with_lm.report.wer, "cer_lm": with_lm.report.cer, "alpha": tuning.alpha, "beta": tuning.beta,
-            "lexicon_lookahead": tuning.lexicon_lookahead}
+
+    def scores(manifest: str, tuned=None) -> dict[str, Any]:
+        cache = compute_emissions(loaded, manifest, require_transcripts=True)
+        labels, blank = cache.vocabulary.labels, cache.vocabulary.blank_index
+        greedy = evaluate_emissions(cache, DecoderSpec(labels, "greedy", blank))
+        spec = DecoderSpec(labels, "flashlight", blank, lm_path=lm_dir, beam_width=beam_width,
+                           seconds_per_frame=cache.seconds_per_frame)
+        if tuned is None:
+            tuned = tune_lm_weights(cache, spec, num_trials=trials, seed=0)
+            tuned.to_json(directory / "lm_tuning.json")
+        with_lm = evaluate_emissions(cache, tuned.apply(spec))
+        examples = [{"reference": r, "greedy": g.text, "lm": l.text} for r, g, l in
+                    list(zip(cache.references, greedy.hypotheses, with_lm.hypotheses))[:3]]
+        return {"utterances": len(cache.references), "wer_greedy": greedy.report.wer, "cer_greedy": greedy.report.cer,
+                "wer_lm": with_lm.report.wer, "cer_lm": with_lm.report.cer, "alpha": tuned.alpha, "beta": tuned.beta,
+                "lexicon_lookahead": tuned.lexicon_lookahead, "examples": examples}, tuned
+
+    result, tuned = scores(dev_manifest)
+    if test_manifest is not None:
+        result["test"] = scores(test_manifest, tuned)[0]
+    return result
 
 
 def run_recipe(recipe_file: str | Path, data: str | Path = DEFAULT_DATA, output: str | Path | None = None,
