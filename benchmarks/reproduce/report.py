@@ -1,9 +1,9 @@
-"""Plots and a Markdown table from a reproduction run's summary.json (see run.py).
+"""Plots and Markdown tables from a reproduction run's summary.json (see run.py).
 
     .venv/bin/python benchmarks/reproduce/report.py runs/reproduce/summary.json OUT_DIR
 
-Writes OUT_DIR/pretraining_curves.png, finetuning_curves.png, wer_bars.png and report.md
-(the table that benchmarks/RESULTS.md quotes), and returns the Markdown text.
+Writes OUT_DIR/pretraining_curves.png, finetuning_curves.png, wer_bars.png and report.md (the
+tables benchmarks/RESULTS.md quotes), and returns the Markdown text.
 """
 
 from __future__ import annotations
@@ -17,23 +17,30 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-INITS = ("random", "wav2vec2", "hubert")
-SUBSETS = ("10min", "all")
+INITS = ("random", "hubert_iter1", "hubert_iter2", "wav2vec2")
 
 
 def _plot_pretraining(summary: dict, path: Path) -> None:
-    runs = [("hubert_iter1", "loss", "HuBERT iter. 1 (MFCC K=100): loss"),
-            ("hubert_iter2", "loss", "HuBERT iter. 2 (layer K=500): loss"),
-            ("wav2vec2", "loss", "wav2vec 2.0: loss"),
-            ("hubert_iter1", "masked_accuracy_0", "HuBERT iter. 1: masked accuracy"),
-            ("hubert_iter2", "masked_accuracy_0", "HuBERT iter. 2: masked accuracy"),
-            ("wav2vec2", "codevector_perplexity", "wav2vec 2.0: codebook perplexity")]
+    panels = [("hubert_iter1", "dev/masked_accuracy_0", "HuBERT iter. 1: held-out masked-frame accuracy"),
+              ("hubert_iter2", "dev/masked_accuracy_0", "HuBERT iter. 2: held-out masked-frame accuracy"),
+              ("wav2vec2", "dev/accuracy", "wav2vec 2.0: held-out contrastive accuracy"),
+              ("hubert_iter1", "train/loss", "HuBERT iter. 1: training loss"),
+              ("hubert_iter2", "train/loss", "HuBERT iter. 2: training loss"),
+              ("wav2vec2", "train/loss", "wav2vec 2.0: training loss")]
     figure, axes = plt.subplots(2, 3, figsize=(15, 7))
-    for axis, (run, key, title) in zip(axes.flat, runs):
-        series = summary.get(run, {}).get("curves", {}).get(key, [])
+    for axis, (run, tag, title) in zip(axes.flat, panels):
+        run_summary = summary["pretraining"].get(run, {})
+        series = run_summary.get("curves", {}).get(tag, [])
         if series:
             steps, values = zip(*series)
             axis.plot(steps, values)
+        if tag == "dev/masked_accuracy_0" and run_summary:
+            for k, rate in run_summary["dev_data"].get("majority_cluster_rate", {}).items():
+                axis.axhline(rate, linestyle="--", color="grey", label=f"most frequent of K={k}")
+            axis.legend(fontsize=8)
+        if tag == "dev/accuracy":
+            axis.axhline(1 / 101, linestyle="--", color="grey", label="chance (1 of 101)")
+            axis.legend(fontsize=8)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("update")
     figure.tight_layout()
@@ -41,34 +48,43 @@ def _plot_pretraining(summary: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def _panels(summary: dict) -> list[tuple[str, str]]:
+    return [(corpus, labels) for corpus, data in summary["corpora"].items()
+            for labels in sorted({run.split("-", 1)[1] for run in data["runs"]}, key=lambda name: (name == "all", name))]
+
+
 def _plot_finetuning(summary: dict, path: Path) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(13, 4))
-    for axis, subset in zip(axes, SUBSETS):
+    panels = _panels(summary)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for axis, (corpus, labels) in zip(axes[0], panels):
         for init in INITS:
-            losses = summary.get(f"finetune_{init}_{subset}", {}).get("losses", [])
-            if losses:
-                window = max(1, len(losses) // 50)
-                smoothed = [sum(losses[i:i + window]) / window for i in range(0, len(losses) - window + 1, window)]
-                axis.plot([i * window for i in range(len(smoothed))], smoothed, label=init)
-        axis.set_title(f"CTC loss, AN4 {subset} (mean over {max(1, len(losses) // 50)} updates)", fontsize=10)
+            run = summary["corpora"][corpus]["runs"].get(f"{init}-{labels}")
+            series = (run or {}).get("curves", {}).get("dev/wer", [])
+            if series:
+                steps, values = zip(*series)
+                axis.plot(steps, [100 * value for value in values], label=init)
+        axis.set_title(f"{corpus}, {labels} of labels: dev WER (greedy)", fontsize=10)
         axis.set_xlabel("update")
-        axis.set_ylim(0, 6)
-        axis.legend()
+        axis.set_ylim(0, 105)
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
 
 def _plot_wer(summary: dict, path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(9, 4))
-    width = 0.13
-    for index, (subset, decoder) in enumerate([(s, d) for s in SUBSETS for d in ("greedy", "lm")]):
-        values = [100 * summary.get(f"decode_{init}_{subset}", {}).get(decoder, {}).get("wer", float("nan"))
-                  for init in INITS]
-        axis.bar([i + (index - 1.5) * width for i in range(len(INITS))], values, width, label=f"{subset}, {decoder}")
-    axis.set_xticks(range(len(INITS)), [f"init: {init}" for init in INITS])
-    axis.set_ylabel("dev WER %")
-    axis.legend(fontsize=8)
+    panels = _panels(summary)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for axis, (corpus, labels) in zip(axes[0], panels):
+        runs = summary["corpora"][corpus]["runs"]
+        inits = [init for init in INITS if f"{init}-{labels}" in runs]
+        for offset, key in ((-0.2, "wer_greedy"), (0.2, "wer_lm")):
+            axis.bar([i + offset for i in range(len(inits))],
+                     [100 * runs[f"{init}-{labels}"]["evaluate"][key] for init in inits], 0.4,
+                     label="greedy" if key == "wer_greedy" else "4-gram LM")
+        axis.set_xticks(range(len(inits)), inits, fontsize=8)
+        axis.set_title(f"{corpus}, {labels} of labels: dev WER %", fontsize=10)
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -80,45 +96,54 @@ def write_report(summary_path: Path, output_dir: Path) -> str:
     _plot_pretraining(summary, output_dir / "pretraining_curves.png")
     _plot_finetuning(summary, output_dir / "finetuning_curves.png")
     _plot_wer(summary, output_dir / "wer_bars.png")
-    split = summary["split"]
-    lines = [f"Fine-tuning data: AN4 10-minute subset ({split['train_10min']['minutes']:.1f} min, "
-             f"{split['train_10min']['speakers']} speakers) and all training speakers ({split['train_all']['minutes']:.1f} "
-             f"min, {split['train_all']['speakers']} speakers); dev: {split['dev']['utterances']} utterances of "
-             f"{split['dev']['speakers']} other speakers. Updates: {summary['steps']}.", "",
-             "| init | labeled | dev WER greedy | dev CER greedy | dev WER 4-gram | dev CER 4-gram | best dev WER during training |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for subset in SUBSETS:
-        for init in INITS:
-            decode = summary.get(f"decode_{init}_{subset}", {})
-            best = summary.get(f"finetune_{init}_{subset}", {}).get("best_wer")
-            if not decode:
-                continue
-            lines.append(f"| {init} | {subset} | {100 * decode['greedy']['wer']:.1f} | {100 * decode['greedy']['cer']:.1f} | "
-                         f"{100 * decode['lm']['wer']:.1f} | {100 * decode['lm']['cer']:.1f} | "
-                         f"{'-' if best is None else f'{100 * best:.1f}'} |")
-    for key in sorted(k for k in summary if k.startswith("decode_") and k.count("_") == 3):
-        _, init, subset, updates = key.split("_")  # longer runs: decode_{init}_all_{updates}
-        decode, best = summary[key], summary.get(f"finetune_{init}_{subset}_{updates}", {}).get("best_wer")
-        lines.append(f"| {init} ({updates} updates) | {subset} | {100 * decode['greedy']['wer']:.1f} | "
-                     f"{100 * decode['greedy']['cer']:.1f} | {100 * decode['lm']['wer']:.1f} | {100 * decode['lm']['cer']:.1f} | "
-                     f"{'-' if best is None else f'{100 * best:.1f}'} |")
-    pnmi = summary.get("pnmi", {})
-    if pnmi:
-        lines += ["", "| labels (flite speech, phone timings) | K | PNMI | phone purity | cluster purity |", "|---|---:|---:|---:|---:|"]
-        for name, row in ((n, r) for n, r in pnmi.items() if isinstance(r, dict)):
-            lines.append(f"| {name} ({row['feature']}) | {row['k']} | {row['pnmi']:.3f} | {row['phone_purity']:.3f} | "
-                         f"{row['cluster_purity']:.3f} |")
-    pretraining = []
-    for run in ("hubert_iter1", "hubert_iter2", "wav2vec2"):
-        metrics = summary.get(run, {}).get("final_metrics", {})
-        curves = summary.get(run, {}).get("curves", {}).get("loss", [])
-        if metrics and curves:
-            extra = (f", masked accuracy {metrics.get('masked_accuracy_0', float('nan')):.3f}" if "hubert" in run else
-                     f", accuracy {metrics.get('accuracy', float('nan')):.3f}, perplexity "
-                     f"{metrics.get('codevector_perplexity', float('nan')):.0f}")
-            pretraining.append(f"- {run}: loss {curves[0][1]:.2f} (update {curves[0][0]}) -> {curves[-1][1]:.2f} "
-                               f"(update {curves[-1][0]}){extra}; {summary[run]['data']['hours']:.2f} h of audio")
-    text = "\n".join(lines + ([""] + pretraining if pretraining else [])) + "\n"
+    lines = []
+    for corpus, data in summary["corpora"].items():
+        manifests = data["split"]["manifests"]
+        lines += [f"### {corpus}", "",
+                  f"dev: {manifests['dev']['utterances']} utterances of {manifests['dev']['speakers']} held-out "
+                  f"speakers; labels: " + ", ".join(f"{name.removeprefix('train_') if name != 'train' else 'all'} = "
+                                                    f"{60 * part['hours']:.1f} min" for name, part in manifests.items()
+                                                    if name.startswith("train")), "",
+                  "| init | labels | updates | dev WER greedy | vs random | dev WER 4-gram LM | vs random | LM vs greedy "
+                  "| CER greedy | fine-tuning min |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        runs = data["runs"]
+        for name, run in runs.items():
+            init, labels = name.split("-", 1)
+            scores, baseline = run["evaluate"], runs.get(f"random-{labels}", {}).get("evaluate")
+
+            def relative(key, scores=scores, baseline=baseline, init=init):
+                if baseline is None or init == "random":
+                    return "-"
+                return f"{100 * (scores[key] - baseline[key]) / baseline[key]:+.0f} %"
+
+            lm_gain = 100 * (scores["wer_lm"] - scores["wer_greedy"]) / scores["wer_greedy"]
+            lines.append(f"| {init} | {labels} | {run['finetune']['updates']} | {100 * scores['wer_greedy']:.1f} | "
+                         f"{relative('wer_greedy')} | {100 * scores['wer_lm']:.1f} | {relative('wer_lm')} | "
+                         f"{lm_gain:+.0f} % | {100 * scores['cer_greedy']:.1f} | {run['finetune']['seconds'] / 60:.1f} |")
+        lines.append("")
+    lines += ["### Pretraining on the pool (held-out dev audio of both corpora)", "",
+              "| run | updates | minutes | held-out accuracy | reference | loss |", "|---|---:|---:|---:|---|---:|"]
+    for name, run in summary["pretraining"].items():
+        metrics = run["dev_metrics"]
+        if "masked_accuracy_0" in metrics:
+            rates = run["dev_data"]["majority_cluster_rate"]
+            accuracy = f"{100 * metrics['masked_accuracy_0']:.1f} % (masked frames)"
+            reference = ", ".join(f"most frequent of K={k}: {100 * rate:.1f} %" for k, rate in rates.items())
+        else:
+            accuracy = f"{100 * metrics['accuracy']:.1f} % (contrastive)"
+            reference = f"chance 1/101 = 1.0 % ({metrics['accuracy'] * 101:.1f}x); codebook perplexity " \
+                        f"{metrics['codevector_perplexity']:.0f} of 640"
+        lines.append(f"| {name} | {run['updates']} | {run['seconds'] / 60:.1f} | {accuracy} | {reference} | "
+                     f"{metrics['loss']:.3f} |")
+    quality = summary.get("label_quality", {})
+    if quality:
+        lines += ["", "### Label quality (flite speech with phone timings)", "",
+                  "| labels | features | K | PNMI | phone purity | cluster purity |", "|---|---|---:|---:|---:|---:|"]
+        for name, row in quality.items():
+            if isinstance(row, dict):
+                lines.append(f"| {name} | {row['feature']} | {row['clusters']} | {row['pnmi']:.3f} | "
+                             f"{row['phone_purity']:.3f} | {row['cluster_purity']:.3f} |")
+    text = "\n".join(lines) + "\n"
     (output_dir / "report.md").write_text(text)
     return text
 
