@@ -53,11 +53,12 @@ def run_stage(output: Path, name: str, function: Callable[[Path], dict[str, Any]
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     logger.info("[%s] running ...", name)
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     result = function(directory)
     result["seconds"] = time.perf_counter() - began
+    result["cpu_seconds"] = time.process_time() - cpu_began  # this process, all its threads
     result_file.write_text(json.dumps(result if settings is None else {**result, "settings": settings}, indent=2))
-    logger.info("[%s] done in %.0f s", name, result["seconds"])
+    logger.info("[%s] done in %.0f s (%.0f s of CPU)", name, result["seconds"], result["cpu_seconds"])
     return result
 
 

@@ -53,7 +53,7 @@ def test_stages_are_reused_only_with_the_same_settings_and_redone_after_an_earli
     assert ran == everything
     ran.clear()
     results, _ = demo.run_stages(tmp_path, demo.QUICK)
-    assert ran == [] and results["decode"] == {"value": "decode", "seconds": results["decode"]["seconds"]}
+    assert ran == [] and results["decode"]["value"] == "decode" and results["decode"]["cpu_seconds"] >= 0
     demo.run_stages(tmp_path, demo.FULL)  # other settings: nothing cached is reused
     assert ran == everything
     ran.clear()
