@@ -1,6 +1,7 @@
 """CPU-scale reproduction of the papers' three claims on real speech, with the corpus recipes.
 
     .venv/bin/python benchmarks/reproduce/run.py [--data ../shared/data] [--output runs/reproduce] [--scale 1.0]
+    .venv/bin/python benchmarks/reproduce/run.py --finished   # report the runs already made, run nothing else
 
 1. Pretraining makes a few labeled minutes go further: recipes/an4 and recipes/speechocean762 fine-tune
    the same small model from random initialisation and from our own pretraining (HuBERT iterations 1
@@ -52,6 +53,8 @@ def label_quality(directory: Path, pool_output: Path, sentences: int) -> dict:
     alignments = read_phn_directory(directory / "alignments")
     result = {}
     for name in ("labels_iter1", "labels_iter2"):
+        if not (pool_output / name / "result.json").exists():
+            continue  # (--finished: that iteration has not run)
         stage = json.loads((pool_output / name / "result.json").read_text())
         metadata = assign_label_sets(pool_output / name / "kmeans", str(directory / "speech"), directory / name)
         _, ids, label_sets = read_label_directory(directory / name)
@@ -60,6 +63,22 @@ def label_quality(directory: Path, pool_output: Path, sentences: int) -> dict:
                         "phone_purity": report.phone_purity, "cluster_purity": report.cluster_purity,
                         "frames": report.num_frames}
     return result
+
+
+def finished_stages(recipe_file: Path, data: str) -> dict:
+    """The stage results a recipe has written so far (``split`` and every finished run), without running any."""
+    from hfspeech.recipes import load_recipe_yaml
+    from hfspeech.recipes.small_corpus import parse_runs
+
+    recipe = load_recipe_yaml(recipe_file, data)
+    output = Path(recipe["output"])
+    results = {"split": json.loads((output / "split" / "result.json").read_text())}
+    for run in parse_runs(recipe["runs"], recipe["split"].get("subsets", {}), recipe_file):
+        files = [output / stage / run.name / "result.json" for stage in ("finetune", "evaluate")]
+        if all(file.exists() for file in files):
+            results[f"finetune/{run.name}"], results[f"evaluate/{run.name}"] = (
+                json.loads(file.read_text()) for file in files)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,12 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every update count")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pnmi-sentences", type=int, default=40)
+    parser.add_argument("--finished", action="store_true",
+                        help="report the recipe runs and pretrainings already finished; train nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     summary: dict = {"scale": args.scale, "corpora": {}}
     for name, recipe_file in RECIPES.items():
-        results = run_recipe(recipe_file, args.data, scale=args.scale)
+        if args.finished and not (Path(load_recipe_yaml(recipe_file, args.data)["output"]) / "split").exists():
+            continue
+        results = (finished_stages(recipe_file, args.data) if args.finished
+                   else run_recipe(recipe_file, args.data, scale=args.scale))
         recipe = load_recipe_yaml(recipe_file, args.data)
         output = Path(recipe["output"])
         runs = {}
