@@ -66,12 +66,15 @@ def label_quality(directory: Path, pool_output: Path, sentences: int) -> dict:
 
 
 def finished_stages(recipe_file: Path, data: str) -> dict:
-    """The stage results a recipe has written so far (``split`` and every finished run), without running any."""
+    """The stage results a recipe has written so far (``split`` and every finished run), without running
+    any; empty when the recipe has not even split its corpus."""
     from hfspeech.recipes import load_recipe_yaml
     from hfspeech.recipes.small_corpus import parse_runs
 
     recipe = load_recipe_yaml(recipe_file, data)
     output = Path(recipe["output"])
+    if not (output / "split" / "result.json").exists():
+        return {}
     results = {"split": json.loads((output / "split" / "result.json").read_text())}
     for run in parse_runs(recipe["runs"], recipe["split"].get("subsets", {}), recipe_file):
         files = [output / stage / run.name / "result.json" for stage in ("finetune", "evaluate")]
@@ -99,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     summary: dict = {"scale": args.scale, "corpora": {}}
     for name, recipe_file in RECIPES.items():
-        if args.finished and not (Path(load_recipe_yaml(recipe_file, args.data)["output"]) / "split").exists():
-            continue
         results = (finished_stages(recipe_file, args.data) if args.finished
                    else run_recipe(recipe_file, args.data, scale=args.scale))
+        if not results:
+            continue
         recipe = load_recipe_yaml(recipe_file, args.data)
         output = Path(recipe["output"])
         runs = {}
