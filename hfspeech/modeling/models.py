@@ -58,6 +58,10 @@ class SpeechEncoderPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     input_modalities = ("audio",)
 
+    def set_num_updates(self, num_updates: int) -> None:
+        """The training loop's count of applied optimizer updates; models whose training depends on it
+        (the Gumbel temperature of wav2vec 2.0 pretraining) override this."""
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """fairseq's initialisation, module by module.
@@ -231,6 +235,19 @@ class SpeechEncoderModel(SpeechEncoderPreTrainedModel):
         )
 
 
+@dataclass
+class SpeechEncoderCTCOutput(CausalLMOutput):
+    """`CausalLMOutput` (``loss``, ``logits`` (B, T, vocab), ``hidden_states``) plus what the training loop
+    reads: ``sample_size``, what ``loss`` sums over (1 for the batch mean of ``ctc_loss_reduction="mean"``,
+    the number of utterances for "sum")."""
+
+    sample_size: torch.Tensor | None = None
+
+    def metrics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """No metric beyond the loss (the dev WER/CER is measured by decoding)."""
+        return {}
+
+
 class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
     """Backbone + dropout + linear CTC head over the tokenizer's vocabulary (blank = pad id)."""
 
@@ -257,7 +274,7 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutput:
+    ) -> SpeechEncoderCTCOutput:
         """Args as `SpeechEncoderModel.forward`, plus ``labels`` (B, L) token ids padded with -100.
 
         Returns ``logits`` (B, T, vocab) and, with labels, the CTC loss (``config.ctc_loss_reduction``:
@@ -274,10 +291,13 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
                 output_hidden_states=output_hidden_states,
             )
         logits = self.lm_head(self.dropout(outputs.last_hidden_state))
-        loss = None
+        loss = sample_size = None
         if labels is not None:
             loss = self.ctc_loss(logits, outputs.frame_mask.sum(-1), labels)
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+            sample_size = torch.tensor(1.0 if self.config.ctc_loss_reduction == "mean" else labels.shape[0],
+                                       device=logits.device)
+        return SpeechEncoderCTCOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      sample_size=sample_size)
 
     def ctc_loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CTC loss of logits (B, T, V) with valid frame counts (B,) against labels (B, L) (-100 = pad)."""

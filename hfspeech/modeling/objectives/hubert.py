@@ -131,6 +131,17 @@ class HubertObjectiveOutput(ModelOutput):
     logits_masked: list[torch.Tensor] = field(default=None)
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
+    def metrics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """``name -> (sum, weight)`` for the training loop: losses per scored frame, one accuracy per
+        label set over the masked (unmasked) frames, and the masked-frame count."""
+        metrics = {"masked_loss": (self.masked_loss, self.sample_size),
+                   "unmasked_loss": (self.unmasked_loss, self.sample_size), "masked_frames": (self.num_masked, None)}
+        for index, accuracy in enumerate(self.masked_accuracy):
+            metrics[f"masked_accuracy_{index}"] = (accuracy * self.num_masked, self.num_masked)
+        for index, accuracy in enumerate(self.unmasked_accuracy):
+            metrics[f"unmasked_accuracy_{index}"] = (accuracy * self.num_unmasked, self.num_unmasked)
+        return metrics
+
 
 def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if targets.numel() == 0:

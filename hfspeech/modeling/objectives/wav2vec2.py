@@ -54,6 +54,7 @@ class Wav2Vec2ObjectiveOutput(ModelOutput):
         num_masked: number of masked steps N (long).
         logits: (N, 1 + K) logits of the masked steps in (b, t) order; column 0 = positive.
         hidden_states: filled by the pretraining model when asked for hidden states.
+        gumbel_temperature: the quantizer's temperature (training only).
     """
 
     loss: torch.Tensor | None = None
@@ -66,6 +67,22 @@ class Wav2Vec2ObjectiveOutput(ModelOutput):
     num_masked: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    gumbel_temperature: torch.Tensor | None = None
+
+    @property
+    def sample_size(self) -> torch.Tensor:
+        """What ``loss`` sums over: the masked steps (fairseq's sample size)."""
+        return self.num_masked
+
+    def metrics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """``name -> (sum, weight)`` for the training loop: per masked step, and the masked-step count."""
+        steps = self.num_masked
+        metrics = {"contrastive_loss": (self.contrastive_loss, steps), "diversity_loss": (self.diversity_loss, steps),
+                   "accuracy": (self.accuracy * steps, steps),
+                   "codevector_perplexity": (self.codevector_perplexity * steps, steps), "masked_frames": (steps, None)}
+        if self.gumbel_temperature is not None:
+            metrics["gumbel_temperature"] = (self.gumbel_temperature, torch.ones_like(self.gumbel_temperature))
+        return metrics
 
 
 def contrastive_accuracy(logits: torch.Tensor) -> torch.Tensor:
@@ -198,4 +215,5 @@ class Wav2Vec2Objective(nn.Module):
             accuracy=contrastive_accuracy(logits.detach()),
             num_masked=num_masked,
             logits=logits,
+            gumbel_temperature=torch.tensor(self.quantizer.temperature) if self.training else None,
         )
