@@ -19,11 +19,39 @@ is ``mask_time_prob=0.65``; HuBERT's p=8% is ``0.8``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from transformers import PretrainedConfig
 
 OBJECTIVES = ("wav2vec2", "hubert")
+
+
+def conv_output_lengths(lengths: Any, kernels: Sequence[int], strides: Sequence[int]) -> Any:
+    """Output frames of a stack of unpadded ("valid") 1-D convs: the one copy of this arithmetic.
+
+    Each conv maps ``n`` samples to ``(n - kernel) // stride + 1`` frames.
+
+    Args:
+        lengths: input lengths in samples: an int, or a (B,) integer tensor.
+    Returns:
+        the same kind: an int, or a (B,) long tensor; 0 where the input is shorter than the
+        receptive field.
+    """
+    is_int = isinstance(lengths, int)
+    if not is_int:
+        lengths = lengths.long()
+    for kernel, stride in zip(kernels, strides):
+        lengths = (lengths - kernel) // stride + 1  # floor division, for ints and tensors alike
+    return max(lengths, 0) if is_int else lengths.clamp(min=0)
+
+
+def conv_receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Samples a stack of 1-D convs needs for one output frame (its receptive field)."""
+    field = 1
+    for kernel, stride in zip(reversed(list(kernels)), reversed(list(strides))):
+        field = (field - 1) * stride + kernel
+    return field
 FEATURE_FRONTENDS = ("waveform", "filterbank")
 
 # Backbone shapes of the papers' model sizes.
@@ -348,10 +376,7 @@ class SpeechEncoderConfig(PretrainedConfig):
     @property
     def receptive_field(self) -> int:
         """Samples the conv feature encoder needs for one output frame (400 = 25 ms)."""
-        field = 1
-        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride)):
-            field = (field - 1) * stride + kernel
-        return field
+        return conv_receptive_field(self.conv_kernel, self.conv_stride)
 
     @classmethod
     def from_preset(cls, name: str, objective: str = "wav2vec2", **overrides: Any) -> "SpeechEncoderConfig":

@@ -21,17 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..configuration import conv_output_lengths, conv_receptive_field
+
 logger = logging.getLogger(__name__)
 
 
 def num_conv_frames(num_samples: int, kernels: list[int], strides: list[int]) -> int:
     """Frames produced by the conv feature encoder from ``num_samples`` samples (0 if too short)."""
-    length = num_samples
-    for kernel, stride in zip(kernels, strides):
-        if length < kernel:
-            return 0
-        length = (length - kernel) // stride + 1
-    return length
+    return conv_output_lengths(int(num_samples), kernels, strides)
 
 
 def parse_layer_spec(spec: str) -> tuple[str, int]:
@@ -98,7 +95,7 @@ class LayerFeatureReader:
         self.kernels = [int(k) for k in config.conv_kernel]
         self.strides = [int(s) for s in config.conv_stride]
         self.hop = int(np.prod(self.strides))
-        self.receptive_field = self._receptive_field()
+        self.receptive_field = conv_receptive_field(self.kernels, self.strides)
         if chunk_samples < self.receptive_field:
             raise ValueError(f"chunk_samples={chunk_samples} is below the model's receptive field "
                              f"({self.receptive_field} samples)")
@@ -111,12 +108,6 @@ class LayerFeatureReader:
         self.name = name
         self.dim = int(config.hidden_size)
         self.frame_rate = 16000 / self.hop
-
-    def _receptive_field(self) -> int:
-        field = 1
-        for kernel, stride in zip(reversed(self.kernels), reversed(self.strides)):
-            field = (field - 1) * stride + kernel
-        return field
 
     @classmethod
     def from_spec(cls, spec: str, device: torch.device | str | None = None, chunk_samples: int = 1_600_000) -> "LayerFeatureReader":
