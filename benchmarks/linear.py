@@ -1,4 +1,4 @@
-"""`hfspeech.modeling.linear.Linear` (oneDNN inner product) vs ``F.linear`` (MKL sgemm) on the CPU.
+"""`hfspeech.modeling.linear.Linear` on the fast CPU backend (oneDNN inner product) vs ``F.linear`` (BLAS sgemm) on the CPU.
 
 For each shape (rows x in -> out): the forward product's rate in GFLOP/s on both backends, and
 forward + backward (input and weight gradients) time of the layer, one thread, CPU time.
@@ -14,7 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hfspeech.modeling.linear import Linear, _inner_product
+from hfspeech.modeling.fast_cpu.linear import _inner_product
+from hfspeech.modeling.linear import Linear
 
 SHAPES = [(796, 768, 3072), (796, 3072, 768), (796, 768, 768), (796, 32, 32)]  # base FFN / attention, tiny
 

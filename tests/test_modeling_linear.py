@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from hfspeech.modeling import linear as linear_module
-from hfspeech.modeling.linear import MIN_FEATURES, Linear
+from hfspeech.modeling.fast_cpu import linear as linear_module
+from hfspeech.modeling.fast_cpu.linear import MIN_FEATURES
+from hfspeech.modeling.linear import Linear
 
 pytestmark = pytest.mark.skipif(not linear_module.onednn_linear_enabled(), reason="oneDNN not available")
 

@@ -215,7 +215,7 @@ def test_reuse_freed_memory_stops_fresh_page_faults_and_can_be_switched_off(opt_
     import os
     import subprocess
 
-    from hfspeech.training.acceleration import REUSE_FREED_MEMORY_ENV
+    from hfspeech.modeling.fast_cpu import FAST_CPU_ENV as REUSE_FREED_MEMORY_ENV
 
     env = {**os.environ, REUSE_FREED_MEMORY_ENV: "0" if opt_out else "1"}
     applied, faults = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,

@@ -1,21 +1,7 @@
-"""Dropout with a boolean mask drawn by ``torch.rand``, and attention that uses it.
+"""Dropout and attention with dropout: ``F.dropout`` and ``F.scaled_dot_product_attention``.
 
-Same maths as ``nn.Dropout`` (each element kept with probability 1 - p and scaled by
-1 / (1 - p)); two implementation choices make it cheaper on CPU:
-
-* the mask comes from one vectorised ``torch.rand`` draw and a comparison; torch's CPU
-  dropout draws it with a scalar ``bernoulli_`` loop (about 3x slower per element);
-* backward keeps the mask as bool (1 byte per element) where torch keeps a float
-  (4 bytes);
-* the mask is applied as ``input * keep`` (bool promoted to 0/1) then scaled: bitwise the
-  same as ``masked_fill`` + scale, but ``masked_fill`` with a bool mask runs a scalar loop on
-  CPU (~1.2 ns per element, 380 us for a (4, 2, 199, 199) attention tensor) where the
-  promoted product is vectorised (~140 us).
-
-`attention` applies the same dropout to the attention probabilities, which
-``scaled_dot_product_attention`` on CPU can only do on its math path (``bernoulli_`` mask,
-float copy of the dropped probabilities saved for backward). Randomness comes from torch's
-global generator, like ``nn.Dropout``.
+On CPU (unless ``HFSPEECH_FAST_CPU=0``) both run on `fast_cpu.dropout`: the same
+distribution with a bool ``torch.rand`` mask, cheaper to draw and to keep for backward.
 """
 
 from __future__ import annotations
@@ -23,44 +9,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-__all__ = ["Dropout", "dropout", "attention"]
+from .fast_cpu import dropout as fast_dropout
 
-
-def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bool tensor of ``shape``, False (dropped) with probability p: ``torch.rand(shape) >= p``."""
-    return torch.rand(shape, device=device) >= p
-
-
-def _apply(tensor: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-    """Zero the dropped elements and scale the others (a new tensor)."""
-    return torch.mul(tensor, keep).mul_(scale)
-
-
-class _MaskedScale(torch.autograd.Function):
-    """``input`` where ``keep``, else 0, times ``scale = 1 / (1 - p)``; saves only the bool mask."""
-
-    @staticmethod
-    def forward(ctx, input, keep, scale):  # type: ignore[override]
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return _apply(input, keep, scale)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        (keep,) = ctx.saved_tensors
-        return _apply(grad, keep, ctx.scale), None, None
+__all__ = ["Dropout", "attention", "dropout"]
 
 
 def dropout(input: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """``F.dropout(input, p, training)`` with a ``torch.rand`` mask. Any shape in, same shape out."""
+    """``F.dropout(input, p, training)``: each element zeroed with probability p, the rest scaled by 1 / (1 - p).
+
+    Any shape in, same shape out; ``input`` itself when not training or p = 0.
+    """
     if not training or p == 0.0:
         return input
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}.")
-    return _MaskedScale.apply(input, _keep_mask(input.shape, p, input.device), 1.0 / (1.0 - p))
+    if fast_dropout.applies(input):
+        return fast_dropout.dropout(input, p)
+    return F.dropout(input, p, training=True)
 
 
 class Dropout(nn.Dropout):
@@ -70,47 +36,17 @@ class Dropout(nn.Dropout):
         return dropout(input, self.p, self.training)
 
 
-class _DroppedProbsMatmul(torch.autograd.Function):
-    """``dropout(probs) @ value``: saves probs (shared with the softmax), the bool mask and value.
-
-    The dropped probabilities are recomputed in backward instead of being kept.
-    """
-
-    @staticmethod
-    def forward(ctx, probs, keep, scale, value):  # type: ignore[override]
-        ctx.save_for_backward(probs, keep, value)
-        ctx.scale = scale
-        return torch.matmul(_apply(probs, keep, scale), value)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        probs, keep, value = ctx.saved_tensors
-        grad_probs = grad_value = None
-        if ctx.needs_input_grad[0]:
-            grad_probs = torch.matmul(grad, value.transpose(-1, -2)).mul_(keep).mul_(ctx.scale)
-        if ctx.needs_input_grad[3]:
-            grad_value = torch.matmul(_apply(probs, keep, ctx.scale).transpose(-1, -2), grad)
-        return grad_probs, None, None, grad_value
-
-
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor | None,
               dropout_p: float) -> torch.Tensor:
-    """Scaled dot-product attention with dropout on the probabilities.
+    """``F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout_p)``.
 
     Args:
         query, key, value: (B, heads, T, D).
         key_mask: (B, 1, 1, T) bool, True where a key may be attended to, or None.
-        dropout_p: dropout probability (0 = ``F.scaled_dot_product_attention``).
+        dropout_p: dropout probability on the attention probabilities (0 in eval).
     Returns:
-        (B, heads, T, D), equal to ``F.scaled_dot_product_attention(query, key, value,
-        attn_mask=key_mask, dropout_p=dropout_p)`` up to the random mask.
+        (B, heads, T, D).
     """
-    if dropout_p == 0.0:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask)
-    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(query.shape[-1] ** -0.5)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    keep = _keep_mask(probs.shape, dropout_p, probs.device)
-    return _DroppedProbsMatmul.apply(probs, keep, 1.0 / (1.0 - dropout_p), value)
+    if dropout_p > 0.0 and fast_dropout.applies(query):
+        return fast_dropout.attention(query, key, value, key_mask, dropout_p)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout_p)

@@ -13,19 +13,18 @@
   so state-dict keys never carry ``_orig_mod.`` and ``final/`` loads with ``from_pretrained``.
 * the allocator: `reuse_freed_memory` stops glibc from handing freed large blocks back to
   the kernel, so a training step reuses the pages of the previous one instead of faulting
-  in fresh zeroed pages (see its docstring for the figures).
+  in fresh zeroed pages; it is part of the fast CPU backend (`hfspeech.modeling.fast_cpu`,
+  off with ``HFSPEECH_FAST_CPU=0``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import os
-import sys
 
 import torch
 from accelerate import Accelerator
+
+from ..modeling.fast_cpu.allocator import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -85,39 +84,12 @@ def skip_scaled_update(accelerator: Accelerator, unscaled: bool, overflow: bool)
         scaler.update(scaler.get_scale() * (scaler.get_backoff_factor() if overflow else 1.0))
 
 
-REUSE_FREED_MEMORY_ENV = "HFSPEECH_REUSE_FREED_MEMORY"
-_MALLOPT_TRIM_THRESHOLD, _MALLOPT_MMAP_THRESHOLD = -1, -3  # glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
-
-
 def reuse_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
-    """Keep freed blocks below ``threshold_bytes`` inside the process (glibc ``mallopt``); True when applied.
+    """Keep freed blocks below ``threshold_bytes`` inside the process; True when applied.
 
-    glibc serves blocks above its mmap threshold (128 KiB, raised adaptively up to 32 MiB)
-    with fresh ``mmap`` calls and returns them to the kernel on ``free``; every training step
-    then touches its activations in fresh pages, one minor page fault (kernel zeroing a 4 KiB
-    page, ~1-3 us on this project's machine) per page. On the `tiny` HuBERT pretraining step
-    (batch 4 x 4 s, 1 thread) that is ~10,000 faults and ~35 % of the step (53 ms -> 35 ms
-    with this setting); transformers' models pay the same way. Setting the mmap and trim
-    thresholds serves those blocks from the heap and keeps them there for the next step: the
-    process keeps the memory it peaked at (peak RSS itself does not grow, see
-    ``benchmarks/RESULTS.md``) instead of giving it back between steps.
-
-    Called by the pretraining and fine-tuning loops. Process-wide and not undone; a no-op
-    (returns False) off glibc, or when the environment variable
-    ``HFSPEECH_REUSE_FREED_MEMORY=0`` opts out.
+    The fast CPU backend's allocator setting (`hfspeech.modeling.fast_cpu.allocator`: glibc
+    ``mallopt``, so a training step reuses the previous step's pages instead of faulting in
+    fresh zeroed ones). Called by the pretraining and fine-tuning loops. Process-wide and not
+    undone; a no-op (returns False) off glibc, or with ``HFSPEECH_FAST_CPU=0``.
     """
-    if os.environ.get(REUSE_FREED_MEMORY_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other libcs have no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    value = min(int(threshold_bytes), 2**31 - 1)
-    applied = bool(mallopt(_MALLOPT_MMAP_THRESHOLD, value)) and bool(mallopt(_MALLOPT_TRIM_THRESHOLD, value))
-    if applied:
-        logger.debug("glibc mmap/trim thresholds set to %d bytes (%s=0 to opt out).", value, REUSE_FREED_MEMORY_ENV)
-    return applied
+    return keep_freed_memory(threshold_bytes)
