@@ -185,7 +185,7 @@ def test_fp16_finetuning_uses_a_grad_scaler_and_keeps_weights_finite(pretrained,
     assert isinstance(accelerator.scaler, torch.amp.GradScaler) and accelerator.native_amp
     losses = result["train_losses"]
     assert len(losses) == 6 and 0 <= result["skipped_updates"] < 6
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "step-00000006" / "training_state.pt", weights_only=True)
+    saved = torch.load(tmp_path / "run" / "step-00000006" / "training_state.pt", weights_only=True)
     assert saved["scaler"]["scale"] == accelerator.scaler.get_scale()
     before = load_file(str(pretrained / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))

@@ -115,8 +115,10 @@ class FinetuningArguments:
     early_stopping_patience: int = field(default=0, metadata={"help": (
         "stop after this many evaluations without a better dev WER (0 = run max_steps)")})
     save_steps: int = 500
+    keep_checkpoints: int = 2
     logging_steps: int = 10
     seed: int = 1
+    resume: bool = field(default=True, metadata={"help": "continue from output_dir/latest when it exists"})
     mixed_precision: str = field(default="no", metadata={"help": MIXED_PRECISION_HELP})
     torch_compile: bool = field(default=False, metadata={"help": TORCH_COMPILE_HELP})
     torch_compile_backend: str = field(default="inductor", metadata={"help": TORCH_COMPILE_BACKEND_HELP})

@@ -12,11 +12,9 @@ loads.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..configuration import PRESET_NAMES, SpeechEncoderConfig
 from ..data import (CTCCollator, DurationBucketBatchSampler, TextNormalizer, normalize_waveform, pad_waveforms,
@@ -32,12 +29,11 @@ from ..data import (CTCCollator, DurationBucketBatchSampler, TextNormalizer, nor
 from ..data.augmentation import SpeedPerturbation
 from ..modeling.models import SpeechEncoderForCTC
 from ..processing import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor
-from .acceleration import (check_mixed_precision, compile_model, enable_fp16_on_cpu, reuse_freed_memory,
-                           skip_scaled_update, uncompiled)
+from .acceleration import check_mixed_precision, enable_fp16_on_cpu, reuse_freed_memory
 from .arguments import FinetuningArguments, load_sources
 from .averaging import BestCheckpoints
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomically
-from .pretrain_loop import _EpochStream, _summary_writer
+from .checkpoints import write_directory_atomically
+from .engine import TrainingLoop, build_optimizer
 from .schedules import build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -190,11 +186,8 @@ class DevEvaluator:
 
 
 def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Fine-tune ``args.model`` with CTC on ``args.train_data``; returns the final/best dev metrics.
-
-    An update whose loss or gradient norm is not finite (under fp16: a loss-scale overflow,
-    after which the scale is backed off) is skipped and counted (``skipped_updates``).
-    """
+    """Fine-tune ``args.model`` with CTC on ``args.train_data`` (updates, checkpoints, resume and skipped
+    updates as `TrainingLoop`); returns the final/best dev metrics, updates and skipped updates."""
     check_mixed_precision(args.mixed_precision)
     reuse_freed_memory()  # steps reuse the previous step's pages (no fresh-page faults)
     if accelerator is None:
@@ -245,118 +238,59 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         speed.generator.manual_seed(args.seed * 10_007 + epoch)  # speeds replay on resume
         return iter(DataLoader(train, batch_sampler=sampler, collate_fn=collator))
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
-                                  betas=(0.9, 0.98), eps=1e-8, weight_decay=args.weight_decay)
+    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, (0.9, 0.98), 1e-8)
     scheduler = build_scheduler(optimizer, "tri_stage", args.max_steps, phase_ratios=args.lr_phase_ratios,
                                 final_scale=args.final_lr_scale)
     run_config = dataclasses.asdict(args)
-    state: dict[str, Any] = {"epoch": 0, "position": 0, "best_wer": None, "skipped_updates": 0,
-                             "evaluations_without_improvement": 0}
-    start = 0
-    checkpoint = latest_checkpoint(output_dir / "checkpoints")
-    if checkpoint is not None:
-        state = {"skipped_updates": 0, "evaluations_without_improvement": 0,
-                 **load_checkpoint(checkpoint, model, optimizer, scheduler, run_config, scaler=accelerator.scaler)}
-        start = state.pop("step")
+    loop = TrainingLoop(model, optimizer, scheduler, args, accelerator, run_config, "finetune",
+                        state={"best_wer": None, "evaluations_without_improvement": 0})
+    model = loop.prepare(batches_for_epoch)
     best_checkpoints = None
     if args.average_checkpoints > 1 and evaluate is not None and accelerator.is_main_process:
         best_checkpoints = BestCheckpoints(output_dir / "averaging", args.average_checkpoints)
-        best_checkpoints.forget_after(start)
-    model = compile_model(model, args.torch_compile, args.torch_compile_backend)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = uncompiled(accelerator, model)
-    stream = _EpochStream(batches_for_epoch, state["epoch"], state["position"])
-    writer = _summary_writer(output_dir, accelerator)
-    progress = tqdm(total=args.max_steps, initial=start, disable=not accelerator.is_main_process, desc="finetune")
-    metrics: dict[str, float] = {}
-    losses: list[float] = []
-    stopped_early = False
-    for update in range(start, args.max_steps):
-        model.train()
-        unwrapped.backbone_frozen = update < freeze_transformer_steps
-        total_loss = 0.0
-        for micro_step in range(args.gradient_accumulation_steps):
-            batch = {k: v.to(accelerator.device) for k, v in stream.next().items()}
-            last = micro_step == args.gradient_accumulation_steps - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
-                loss = model(**batch).loss / args.gradient_accumulation_steps
-                accelerator.backward(loss)
-            total_loss += float(loss.detach())
-        losses.append(total_loss)
-        finite, unscaled, grad_norm = math.isfinite(total_loss), False, math.nan
-        if finite:  # unscales fp16 gradients first; max_norm=inf only measures (the factor is clamped to exactly 1)
-            grad_norm = float(accelerator.clip_grad_norm_(
-                model.parameters(), args.max_grad_norm if args.max_grad_norm > 0 else math.inf))
-            unscaled, finite = True, math.isfinite(grad_norm)
-        if finite:
-            optimizer.step()
-        else:
-            state["skipped_updates"] += 1
-            skip_scaled_update(accelerator, unscaled, overflow=True)
-            logger.warning("Update %d skipped (loss or gradient not finite)%s.", update + 1,
-                           f"; fp16 loss scale now {accelerator.scaler.get_scale():g}" if accelerator.scaler else "")
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.update(1)
-        progress.set_postfix(loss=f"{total_loss:.3f}")
-        if writer is not None and (update + 1) % args.logging_steps == 0:
-            writer.add_scalar("train/ctc_loss", total_loss, update + 1)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], update + 1)
-            writer.add_scalar("train/grad_norm", grad_norm, update + 1)
-        state.update(epoch=stream.epoch, position=stream.position)
-        if evaluate is not None and ((update + 1) % args.eval_steps == 0 or update + 1 == args.max_steps):
-            metrics = evaluate(unwrapped)
-            logger.info("update %d: dev WER %.2f%% CER %.2f%%", update + 1, 100 * metrics["wer"], 100 * metrics["cer"])
-            if writer is not None:
-                writer.add_scalar("dev/wer", metrics["wer"], update + 1)
-                writer.add_scalar("dev/cer", metrics["cer"], update + 1)
+        best_checkpoints.forget_after(loop.start)
+    state, metrics, stopped_early = loop.state, {}, False
+    for update in range(loop.start, args.max_steps):
+        loop.unwrapped.backbone_frozen = update < freeze_transformer_steps
+        loop.update(update, lambda model, batch, update, micro_step: model(**batch))
+        if evaluate is not None and loop.due(update, args.eval_steps):
+            metrics = evaluate(loop.unwrapped)
+            loop.log_dev(update, metrics)
             if state["best_wer"] is None or metrics["wer"] < state["best_wer"]:
                 state["best_wer"], state["evaluations_without_improvement"] = metrics["wer"], 0
                 if accelerator.is_main_process:
-                    _save_model_directory(unwrapped, processor, output_dir / "best", metrics, run_config)
+                    write_directory_atomically(output_dir / "best", lambda directory: _write_model_directory(
+                        directory, loop.unwrapped, processor, metrics, run_config))
             else:
                 state["evaluations_without_improvement"] += 1
             if best_checkpoints is not None:
-                best_checkpoints.offer(update + 1, metrics["wer"], unwrapped)
+                best_checkpoints.offer(update + 1, metrics["wer"], loop.unwrapped)
             stopped_early = 0 < args.early_stopping_patience <= state["evaluations_without_improvement"]
-        if (update + 1) % args.save_steps == 0 or update + 1 == args.max_steps or stopped_early:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(output_dir / "checkpoints", update + 1, unwrapped, optimizer, scheduler, state, run_config,
-                                scaler=accelerator.scaler)
+        if loop.due(update, args.save_steps) or stopped_early:
+            loop.save(update)
         if stopped_early:
             logger.info("Early stopping at update %d: no better dev WER in %d evaluations (best %.2f%%).", update + 1,
                         state["evaluations_without_improvement"], 100 * state["best_wer"])
             break
-    progress.close()
-    accelerator.wait_for_everyone()
+    loop.unwrapped.backbone_frozen = False
     averaged = None
-    if accelerator.is_main_process:
-        unwrapped.backbone_frozen = False
-        if best_checkpoints is not None and best_checkpoints.entries:
-            averaged = best_checkpoints.average_into(unwrapped)
-            metrics = evaluate(unwrapped)
-            logger.info("final/ = mean of the %d best evaluations (updates %s): dev WER %.2f%% CER %.2f%%",
-                        len(averaged), [entry["update"] for entry in averaged], 100 * metrics["wer"],
-                        100 * metrics["cer"])
-        _save_model_directory(unwrapped, processor, output_dir / "final", metrics, run_config)
-        if args.push_to_hub:  # the complete final/ directory + model card (token: HF_TOKEN or `hf auth login`)
-            from ..sharing import push_model_directory
-
-            push_model_directory(output_dir / "final", args.hub_model_id or output_dir.name)
+    if best_checkpoints is not None and best_checkpoints.entries:
+        averaged = best_checkpoints.average_into(loop.unwrapped)
+        metrics = evaluate(loop.unwrapped)
+        logger.info("final/ = mean of the %d best evaluations (updates %s): dev WER %.2f%% CER %.2f%%",
+                    len(averaged), [entry["update"] for entry in averaged], 100 * metrics["wer"], 100 * metrics["cer"])
+    loop.finish(lambda directory: _write_model_directory(directory, loop.unwrapped, processor, metrics, run_config))
     return {"final": metrics, "best_wer": state["best_wer"], "skipped_updates": state["skipped_updates"],
-            "updates": len(losses) + start, "stopped_early": stopped_early, "averaged": averaged,
-            "unalignable_utterances": unalignable, "train_losses": losses}
+            "updates": loop.start + len(loop.losses), "stopped_early": stopped_early, "averaged": averaged,
+            "unalignable_utterances": unalignable, "train_losses": loop.losses}
 
 
-def _save_model_directory(model, processor: SpeechProcessor, directory: Path, metrics: dict[str, float],
-                          run_config: dict[str, Any]) -> None:
+def _write_model_directory(directory: Path, model, processor: SpeechProcessor, metrics: dict[str, float],
+                           run_config: dict[str, Any]) -> None:
+    """A complete model directory: model, feature extractor and tokenizer, dev metrics, training config."""
     from ..sharing.training_files import write_training_config
 
-    def write(temporary: Path) -> None:
-        model.save_pretrained(temporary)
-        processor.save_pretrained(temporary)
-        (temporary / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
-        write_training_config(temporary, run_config)
-
-    write_directory_atomically(directory, write)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    (directory / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_training_config(directory, run_config)

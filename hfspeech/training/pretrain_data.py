@@ -13,7 +13,7 @@ from ..configuration import SpeechEncoderConfig
 from ..data.augmentation import SpeedPerturbation
 from ..data import DurationBucketBatchSampler, HubertCollator, PretrainingCollator, drop_short_utterances, verify_sources
 from .arguments import PretrainingArguments, load_sources
-from .pretrain_loop import BatchFactory
+from .engine import BatchFactory
 
 logger = logging.getLogger(__name__)
 
