@@ -31,7 +31,7 @@ def main() -> None:
                         help="with --flite-dev: never draw a sentence listed in this file (one per line)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from hfspeech.decoding.model_emissions import compute_emissions
+    from hfspeech.decoding.inference import compute_emissions
 
     data = args.data
     if args.flite_dev:

@@ -11,6 +11,7 @@ from .configuration import PRESET_NAMES, SpeechEncoderConfig
 from .modeling.models import SpeechEncoderForCTC, SpeechEncoderModel, SpeechEncoderPreTrainedModel
 from .modeling.pretraining import SpeechEncoderForPreTraining
 from .processing import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor, register_auto_classes
+from .decoding.processor_with_lm import SpeechProcessorWithLM  # registers it with AutoProcessor
 
 __version__ = "0.1.0"
 
@@ -30,4 +31,5 @@ __all__ = [
     "SpeechEncoderPreTrainedModel",
     "SpeechFeatureExtractor",
     "SpeechProcessor",
+    "SpeechProcessorWithLM",
 ]

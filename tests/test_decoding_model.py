@@ -24,11 +24,12 @@ import hfspeech  # noqa: F401  (registers the Auto* classes)
 from hfspeech.cli import main
 from hfspeech.decoding import DecoderPool, DecoderSpec, build_decoder, build_language_model, load_vocabulary
 from hfspeech.decoding.emissions import EmissionsCache, cached_emissions
-from hfspeech.decoding.model_emissions import (
+from hfspeech.decoding.inference import (
     compute_emissions, load_ctc_model, model_emissions_cache_path, resolve_decoder_spec,
 )
 from hfspeech.decoding.vocabulary import DEFAULT_LABELS, CTCVocabulary
-from hfspeech.processing import SpeechProcessor, SpeechProcessorWithLM, attach_language_model
+from hfspeech.decoding import SpeechProcessorWithLM, attach_language_model
+from hfspeech.processing import SpeechProcessor
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AN4 = FIXTURES / "an4"

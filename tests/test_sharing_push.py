@@ -22,7 +22,7 @@ import yaml
 import hfspeech  # noqa: F401  (registers the Auto* classes)
 from hfspeech.cli import main
 from hfspeech.decoding import DecoderSpec, build_language_model, load_vocabulary
-from hfspeech.processing import SpeechProcessorWithLM, attach_language_model
+from hfspeech.decoding import SpeechProcessorWithLM, attach_language_model
 from hfspeech.sharing import IncompleteModelDirectoryError, PushError, push_model_directory
 from hfspeech.targets.kmeans import KMeansModel
 

@@ -39,6 +39,9 @@ def normalize_waveform(waveform: np.ndarray) -> np.ndarray:
     return ((waveform - waveform.mean()) / np.sqrt(waveform.var() + NORMALIZE_EPSILON)).astype(np.float32)
 
 
+IGNORE_INDEX = -100  # label padding: the index CTC and cross-entropy losses ignore
+
+
 def pad_waveforms(waveforms: Sequence[np.ndarray], pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad 1-D waveforms into ``input_values`` ``(B, S)`` and ``attention_mask`` ``(B, S)``."""
     longest = max(len(w) for w in waveforms)
@@ -52,11 +55,31 @@ def pad_waveforms(waveforms: Sequence[np.ndarray], pad_to_multiple_of: int | Non
     return values, mask
 
 
-def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Pad integer sequences into ``(B, L)`` int64 with -100 (the processor's padding, as a tensor)."""
-    from ..processing.processor import pad_labels as pad_label_ids
+def pad_labels(label_ids: Sequence[Sequence[int]], return_tensors: str | None = None,
+               pad_to_multiple_of: int | None = None) -> Any:
+    """Pad label sequences to the longest with -100 (the index CTC losses ignore).
 
-    return pad_label_ids([np.asarray(sequence, dtype=np.int64) for sequence in sequences], return_tensors="pt")
+    Args:
+        label_ids: ``batch`` sequences of token ids, any lengths (0 allowed).
+        return_tensors: ``"pt"`` (``torch.long``), ``"np"`` (``int64``) or ``None`` (lists).
+
+    Returns:
+        ``(batch, max_label_length)`` labels, -100 after each sequence's end.
+    """
+    length = max((len(ids) for ids in label_ids), default=0)
+    if pad_to_multiple_of is not None and length > 0:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    labels = np.full((len(label_ids), length), IGNORE_INDEX, dtype=np.int64)
+    for row, ids in enumerate(label_ids):
+        labels[row, : len(ids)] = np.asarray(ids, dtype=np.int64)
+    kind = getattr(return_tensors, "value", return_tensors)  # "pt", "np" or transformers' TensorType
+    if kind is None:
+        return labels.tolist()
+    if kind == "pt":
+        return torch.from_numpy(labels)
+    if kind == "np":
+        return labels
+    raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
 
 
 def _waveforms(examples: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
@@ -147,7 +170,7 @@ class CTCCollator:
                 waveforms = [normalize_waveform(w) for w in waveforms]
             values, mask = pad_waveforms(waveforms, self.pad_to_multiple_of)
         return {"input_values": values, "attention_mask": mask,
-                "labels": pad_labels([self._encode(e) for e in examples])}
+                "labels": pad_labels([self._encode(e) for e in examples], return_tensors="pt")}
 
 
 class PretrainingCollator:
@@ -266,5 +289,5 @@ class HubertCollator(PretrainingCollator):
                 common = min(min(frame_sizes), *remaining)
                 frame_sizes = [common] * len(examples)
             rows = [sets[set_index][s : s + n] for sets, s, n in zip(label_sets, frame_starts, frame_sizes)]
-            labels.append(pad_labels(rows))
+            labels.append(pad_labels(rows, return_tensors="pt"))
         return {"input_values": values, "attention_mask": mask, "labels": labels}

@@ -129,7 +129,7 @@ def run_tune(args: argparse.Namespace) -> int:
     first, second = args.inputs
     model_dir = None
     if args.lm_dir is not None:
-        from hfspeech.decoding.model_emissions import compute_emissions, load_ctc_model, model_emissions_cache_path
+        from hfspeech.decoding.inference import compute_emissions, load_ctc_model, model_emissions_cache_path
 
         model_dir, data, lm = Path(first), second, args.lm_dir
         cache_path = args.cache or model_emissions_cache_path(model_dir, data)
@@ -152,7 +152,7 @@ def run_tune(args: argparse.Namespace) -> int:
     shown = f" lookahead={result.lexicon_lookahead}" if spec.backend == "flashlight" else ""
     print(f"best alpha={result.alpha:.4f} beta={result.beta:.4f}{shown} WER {100 * result.wer:.2f}% -> {output}")
     if model_dir is not None:
-        from hfspeech.processing.processor_with_lm import attach_language_model
+        from hfspeech.decoding.processor_with_lm import attach_language_model
 
         attach_language_model(model_dir, result.apply(spec))
         print(f"saved the {spec.backend} decoder with the LM and these weights into {model_dir}")

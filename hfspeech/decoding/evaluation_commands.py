@@ -49,14 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _spec(args: argparse.Namespace, loaded):
-    from hfspeech.decoding.model_emissions import resolve_decoder_spec
+    from hfspeech.decoding.inference import resolve_decoder_spec
 
     return resolve_decoder_spec(args.model, loaded.vocabulary, loaded.seconds_per_frame, lm=args.lm,
                                 backend=args.backend, alpha=args.alpha, beta=args.beta, beam_width=args.beam_width)
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
-    from hfspeech.decoding.model_emissions import load_ctc_model, transcribe_audio_files
+    from hfspeech.decoding.inference import load_ctc_model, transcribe_audio_files
 
     loaded = load_ctc_model(args.model, args.device)
     spec = _spec(args, loaded)
@@ -67,9 +67,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from hfspeech.decoding.emissions import cached_emissions
-    from hfspeech.decoding.model_emissions import (
-        compute_emissions, evaluate_emissions, load_ctc_model, model_emissions_cache_path,
-    )
+    from hfspeech.decoding.evaluation import evaluate_emissions
+    from hfspeech.decoding.inference import compute_emissions, load_ctc_model, model_emissions_cache_path
 
     loaded = load_ctc_model(args.model, args.device)
     spec = _spec(args, loaded)

@@ -5,7 +5,7 @@ labels (index 0 = blank, see :meth:`CTCVocabulary.fold_specials`). Greedy decodi
 flashlight produce it directly; for pyctcdecode, which returns text only, the path is the
 Viterbi (forced) alignment of its text to the emissions. The tokenizer's character and word
 offsets (``return_timestamps`` in the ASR pipeline) come from the same two steps:
-:func:`collapse_runs` and :func:`words_from_characters`.
+:func:`collapse_runs` and :func:`words_from_characters` (`hfspeech.processing.token_spans`).
 """
 
 from __future__ import annotations
@@ -15,25 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..processing.token_spans import TokenSpan, collapse_runs, words_from_characters
 
-@dataclass(frozen=True)
-class TokenSpan:
-    """A character or word and the frames it covers: ``[start_frame, end_frame)``."""
-
-    text: str
-    start_frame: int
-    end_frame: int
-    seconds_per_frame: float = 0.02
-
-    @property
-    def start_time(self) -> float:
-        """Start in seconds."""
-        return self.start_frame * self.seconds_per_frame
-
-    @property
-    def end_time(self) -> float:
-        """End in seconds (exclusive)."""
-        return self.end_frame * self.seconds_per_frame
+__all__ = ["TokenSpan", "Transcription", "collapse_runs", "forced_align", "spans_from_path", "words_from_characters"]
 
 
 @dataclass
@@ -51,45 +35,6 @@ class Transcription:
     score: float
     words: list[TokenSpan] = field(default_factory=list)
     chars: list[TokenSpan] = field(default_factory=list)
-
-
-def collapse_runs(
-    tokens: Sequence[int] | np.ndarray, frames: Sequence[int] | np.ndarray | None = None
-) -> list[tuple[int, int, int]]:
-    """Runs of equal consecutive tokens, as CTC collapses them: ``(token, start_frame, end_frame)``.
-
-    Args:
-        tokens: (N,) token indices.
-        frames: (N,) the frame of each token (default ``0..N-1``); pass it when some frames were
-            dropped before grouping (special tokens), so that runs keep their times.
-
-    Returns:
-        One ``(token, start, end)`` per run, ``end`` exclusive (the frame after the run's last).
-    """
-    tokens = np.asarray(tokens, dtype=np.int64)
-    if len(tokens) == 0:
-        return []
-    frames = np.arange(len(tokens)) if frames is None else np.asarray(frames, dtype=np.int64)
-    boundaries = np.flatnonzero(np.diff(tokens)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(tokens)]])
-    return [(int(tokens[start]), int(frames[start]), int(frames[end - 1]) + 1)
-            for start, end in zip(starts.tolist(), ends.tolist())]
-
-
-def words_from_characters(characters: Sequence[TokenSpan], delimiter: str = " ") -> list[TokenSpan]:
-    """Join each run of characters between ``delimiter`` spans into a word (first start, last end)."""
-    words: list[TokenSpan] = []
-    current: list[TokenSpan] = []
-    for span in [*characters, None]:
-        if span is not None and span.text != delimiter:
-            current.append(span)
-            continue
-        if current:
-            words.append(TokenSpan("".join(c.text for c in current), current[0].start_frame, current[-1].end_frame,
-                                   current[0].seconds_per_frame))
-            current = []
-    return words
 
 
 def spans_from_path(

@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, AutoTo
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .feature_extraction import WAV2VEC2_RECEPTIVE_FIELD, SpeechFeatureExtractor
-from .processor import SpeechProcessor, pad_labels
+from .processor import SpeechProcessor
 from .tokenization import LIBRISPEECH_VOCABULARY, CharacterCTCTokenizer, build_character_vocabulary
 
 
@@ -47,10 +47,5 @@ __all__ = [
     "SpeechFeatureExtractor",
     "SpeechProcessor",
     "build_character_vocabulary",
-    "pad_labels",
     "register_auto_classes",
 ]
-
-from .processor_with_lm import SpeechProcessorWithLM, attach_language_model, load_model_decoder_spec  # noqa: E402
-
-__all__ += ["SpeechProcessorWithLM", "attach_language_model", "load_model_decoder_spec"]

@@ -6,41 +6,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import PaddingStrategy, TensorType
 
 from .feature_extraction import RawSpeech, SpeechFeatureExtractor
-from .tokenization import IGNORE_INDEX, CharacterCTCTokenizer
-
-
-def pad_labels(label_ids: Sequence[Sequence[int]], return_tensors: str | TensorType | None = None,
-               pad_to_multiple_of: int | None = None) -> Any:
-    """Pad label sequences to the longest with -100 (the index CTC losses ignore).
-
-    Args:
-        label_ids: ``batch`` sequences of token ids, any lengths (0 allowed).
-        return_tensors: ``"pt"`` (``torch.long``), ``"np"`` (``int64``) or ``None`` (lists).
-
-    Returns:
-        ``(batch, max_label_length)`` labels, -100 after each sequence's end.
-    """
-    length = max((len(ids) for ids in label_ids), default=0)
-    if pad_to_multiple_of is not None and length > 0:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    labels = np.full((len(label_ids), length), IGNORE_INDEX, dtype=np.int64)
-    for row, ids in enumerate(label_ids):
-        labels[row, : len(ids)] = np.asarray(ids, dtype=np.int64)
-    if return_tensors is None:
-        return labels.tolist()
-    if str(return_tensors) in ("pt", TensorType.PYTORCH.value):
-        import torch
-
-        return torch.from_numpy(labels)
-    if str(return_tensors) in ("np", TensorType.NUMPY.value):
-        return labels
-    raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+from ..data.collators import IGNORE_INDEX, pad_labels
+from .tokenization import CharacterCTCTokenizer
 
 
 class SpeechProcessor(ProcessorMixin):

@@ -26,8 +26,9 @@ from transformers.models.wav2vec2.tokenization_wav2vec2 import Wav2Vec2CTCTokeni
 from transformers.tokenization_python import PreTrainedTokenizer
 from transformers.tokenization_utils_base import AddedToken
 
+from ..data.collators import IGNORE_INDEX
 from ..data.text import CTC_ALPHABET
-from ..decoding.timestamps import TokenSpan, collapse_runs, words_from_characters
+from .token_spans import TokenSpan, collapse_runs, words_from_characters
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 WORD_DELIMITER = "|"
 LIBRISPEECH_CHARACTERS = CTC_ALPHABET
 # Label positions that CTC ignores (padding of `labels`); decode skips them.
-IGNORE_INDEX = -100
 
 
 def build_character_vocabulary(characters: Iterable[str], special_tokens: Sequence[str] = SPECIAL_TOKENS,

@@ -113,7 +113,8 @@ def evaluate(directory: Path, model_dir: str, dev_manifest: str, lm_dir: str, tr
     """WER/CER greedy and with the LM on ``dev_manifest``, alpha/beta tuned there (``hfspeech lm tune``);
     with ``test_manifest`` also both on it, with the weights tuned on dev (``result["test"]``)."""
     from ..decoding import DecoderSpec
-    from ..decoding.model_emissions import compute_emissions, evaluate_emissions, load_ctc_model
+    from ..decoding.evaluation import evaluate_emissions
+    from ..decoding.inference import compute_emissions, load_ctc_model
     from ..decoding.tuning import tune_lm_weights
 
     loaded = load_ctc_model(model_dir)

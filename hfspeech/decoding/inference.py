@@ -1,4 +1,5 @@
-"""Model-side emissions: run a CTC model directory over a data source -> :class:`EmissionsCache`.
+"""Inference with a CTC model directory: its emissions over a data source (-> :class:`EmissionsCache`),
+the decoder it is used with, and transcripts of audio files. Scoring is `hfspeech.decoding.evaluation`.
 
 This is the expensive step of decoding; LM-weight tuning and evaluation reuse its result
 (:func:`model_emissions_cache_path` + :func:`hfspeech.decoding.emissions.cached_emissions`).
@@ -26,7 +27,6 @@ from hfspeech.decoding.decoders import DecoderSpec, build_decoder
 from hfspeech.decoding.emissions import EmissionsCache
 from hfspeech.decoding.timestamps import Transcription
 from hfspeech.decoding.vocabulary import CTCVocabulary, load_vocabulary
-from hfspeech.decoding.wer import DecodingSpeed, ErrorReport, error_report, measure_decoding_speed
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def resolve_decoder_spec(
     """
     from dataclasses import replace
 
-    from hfspeech.processing.processor_with_lm import load_model_decoder_spec
+    from hfspeech.decoding.processor_with_lm import load_model_decoder_spec
 
     overrides = {key: value for key, value in overrides.items() if value is not None}
     saved = load_model_decoder_spec(model_dir)
@@ -252,66 +252,6 @@ def resolve_decoder_spec(
     if spec.labels != vocabulary.labels:
         raise ValueError(f"{model_dir}: the saved decoder's labels differ from the model's vocab.json; save it again.")
     return replace(spec, **overrides) if overrides else spec
-
-
-@dataclass
-class EvaluationResult:
-    """WER/CER of a model + decoder on a data set, with its speed."""
-
-    report: ErrorReport
-    decoding: DecodingSpeed
-    model_seconds: float
-    audio_seconds: float
-    spec: DecoderSpec
-    hypotheses: list[Transcription]
-
-    @property
-    def decoding_real_time_factor(self) -> float:
-        """Decoding time / audio time."""
-        return self.decoding.decode_seconds / self.audio_seconds
-
-    @property
-    def end_to_end_real_time_factor(self) -> float:
-        """(Model forward + decoding time) / audio time; audio loading is not included."""
-        return (self.model_seconds + self.decoding.decode_seconds) / self.audio_seconds
-
-    def to_dict(self, worst: int = 10) -> dict[str, Any]:
-        return {
-            **self.report.to_dict(worst), "backend": self.spec.backend, "lm_path": self.spec.lm_path,
-            "alpha": self.spec.alpha, "beta": self.spec.beta, "utterances": self.decoding.utterances,
-            "audio_seconds": self.audio_seconds, "model_seconds": self.model_seconds,
-            "decode_seconds": self.decoding.decode_seconds,
-            "decoding_real_time_factor": self.decoding_real_time_factor,
-            "end_to_end_real_time_factor": self.end_to_end_real_time_factor,
-        }
-
-
-def evaluate_emissions(cache: EmissionsCache, spec: DecoderSpec, num_workers: int = 1) -> EvaluationResult:
-    """Decode an emissions cache (computed by :func:`compute_emissions`) and score it against its references.
-
-    Raises:
-        ValueError: an utterance has no reference transcript, or the LM's words use characters
-            outside the model's alphabet.
-    """
-    from hfspeech.decoding.beam_pool import DecoderPool
-    from hfspeech.decoding.emissions import check_same_vocabulary
-
-    check_same_vocabulary(cache, spec.labels, "evaluate")
-    missing = [name for name, text in zip(cache.utterance_ids, cache.references) if not text.strip()]
-    if missing:
-        raise ValueError(f"evaluate: {len(missing)} utterances have no transcript (e.g. {missing[:5]}); evaluation "
-                         "needs data with a 'text' column. Use `hfspeech transcribe` for unlabelled audio.")
-    audio_seconds = float(cache.metadata.get("audio_seconds") or cache.audio_seconds)
-    if num_workers > 1:
-        with DecoderPool(spec, num_workers) as pool:
-            results, speed = measure_decoding_speed(lambda items: pool.decode_batch(items, progress=True),
-                                                    cache.log_probs, audio_seconds)
-    else:
-        decoder = build_decoder(spec)
-        results, speed = measure_decoding_speed(decoder.decode_batch, cache.log_probs, audio_seconds)
-    report = error_report(cache.references, [result.text for result in results], cache.utterance_ids)
-    return EvaluationResult(report, speed, float(cache.metadata.get("model_seconds", 0.0)), audio_seconds, spec,
-                            results)
 
 
 def transcribe_audio_files(model: str | Path | LoadedCTCModel, paths: Sequence[str | Path], spec: DecoderSpec,

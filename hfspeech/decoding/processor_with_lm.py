@@ -25,21 +25,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from transformers import AutoProcessor, PretrainedConfig
 
-from hfspeech.decoding.decoders import CTCDecoder, DecoderSpec, build_decoder
-from hfspeech.decoding.lm_build import UNIGRAMS_NAME, load_unigrams_for, resolve_language_model
-from hfspeech.decoding.timestamps import Transcription
-from hfspeech.decoding.vocabulary import CTCVocabulary, check_words_match_vocabulary
-
-from .feature_extraction import SpeechFeatureExtractor
-from .processor import SpeechProcessor
-from .tokenization import CharacterCTCTokenizer
+from ..processing.feature_extraction import SpeechFeatureExtractor
+from ..processing.processor import SpeechProcessor
+from ..processing.tokenization import CharacterCTCTokenizer
+from .decoders import CTCDecoder, DecoderSpec, build_decoder
+from .lm_build import UNIGRAMS_NAME, load_unigrams_for, resolve_language_model
+from .timestamps import Transcription
+from .vocabulary import CTCVocabulary, check_words_match_vocabulary
 
 DECODER_CONFIG_FILE = "decoder_config.json"
 ALPHABET_FILE = "alphabet.json"  # pyctcdecode BeamSearchDecoderCTC._ALPHABET_SERIALIZED_FILENAME
@@ -241,7 +240,7 @@ class SpeechProcessorWithLM(SpeechProcessor):
             raise FileNotFoundError(
                 f"{pretrained_model_name_or_path}/{DECODER_CONFIG_FILE} does not exist: this directory has no "
                 "saved decoder. Load it with SpeechProcessor/AutoProcessor, or add an LM with "
-                "hfspeech.processing.attach_language_model (or `hfspeech lm tune MODEL DATA --lm LM_DIR`)."
+                "hfspeech.decoding.attach_language_model (or `hfspeech lm tune MODEL DATA --lm LM_DIR`)."
             )
         processor = super().from_pretrained(str(directory), **kwargs)
         processor.decoder_spec = spec
