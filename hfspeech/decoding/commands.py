@@ -5,22 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
+from .decoder_arguments import add_decoder_arguments, decoder_overrides
+
 logger = logging.getLogger(__name__)
-
-
-def _add_decoder_arguments(parser: argparse.ArgumentParser, backends: tuple[str, ...]) -> None:
-    parser.add_argument("--backend", choices=backends, default="flashlight",
-                        help="beam search implementation (default: flashlight, the fast one)")
-    parser.add_argument("--beam-width", type=int, default=50)
-    parser.add_argument("--beam-prune-logp", type=float, default=-10.0)
-    parser.add_argument("--token-min-logp", type=float, default=-5.0, help="pyctcdecode only")
-    parser.add_argument("--lexicon-lookahead", choices=("max", "none"), default="max",
-                        help="flashlight only: score partial words by their best unigram (max) or not at "
-                             "all (none: better for small closed-grammar LMs)")
-    parser.add_argument("--unigrams", type=Path, default=None,
-                        help="word list (default: unigrams.txt next to the LM)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,12 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="result JSON (default: lm_weights.json; MODEL/lm_tuning.json in the MODEL DATA form)")
     tune.add_argument("--trials", type=int, default=30)
     tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--alpha", type=float, default=0.5, help="default alpha, tried first")
-    tune.add_argument("--beta", type=float, default=1.0, help="default beta, tried first")
     tune.add_argument("--alpha-range", type=float, nargs=2, default=(0.0, 5.0))
     tune.add_argument("--beta-range", type=float, nargs=2, default=(-5.0, 5.0))
     tune.add_argument("--workers", type=int, default=1)
-    _add_decoder_arguments(tune, ("flashlight", "pyctcdecode"))
+    add_decoder_arguments(tune, ("flashlight", "pyctcdecode"))  # --alpha/--beta: the first values tried
     tune.set_defaults(func=run_tune)
 
     decode = verbs.add_parser(
@@ -84,12 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     decode.add_argument("emissions", type=Path)
     decode.add_argument("--lm", type=Path, default=None, help="LM directory/file (none: no LM)")
     decode.add_argument("--weights", type=Path, default=None, help="JSON from `hfspeech lm tune`: its alpha, beta and (flashlight) lookahead")
-    decode.add_argument("--alpha", type=float, default=0.5)
-    decode.add_argument("--beta", type=float, default=1.0)
     decode.add_argument("--workers", type=int, default=1)
     decode.add_argument("--worst", type=int, default=5, help="show this many worst utterances")
     decode.add_argument("--output", type=Path, default=None, help="write hypotheses + timestamps (JSON lines)")
-    _add_decoder_arguments(decode, ("greedy", "flashlight", "pyctcdecode"))
+    add_decoder_arguments(decode)
     decode.set_defaults(func=run_decode)
 
 
@@ -110,16 +96,13 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec(args: argparse.Namespace, labels: tuple[str, ...], blank: int, seconds_per_frame: float,
-          lm: Path | None, alpha: float, beta: float):
+def _spec(args: argparse.Namespace, cache, lm: Path | None):
+    """The decoder for an emissions cache: flashlight with an LM, greedy without, then the options given."""
     from hfspeech.decoding.decoders import DecoderSpec
 
-    return DecoderSpec(
-        labels, backend=args.backend, blank_index=blank, lm_path=str(lm) if lm else None,
-        unigrams_path=str(args.unigrams) if args.unigrams else None, alpha=alpha, beta=beta,
-        beam_width=args.beam_width, beam_prune_logp=args.beam_prune_logp, token_min_logp=args.token_min_logp,
-        lexicon_lookahead=args.lexicon_lookahead, seconds_per_frame=seconds_per_frame,
-    )
+    spec = DecoderSpec(cache.vocabulary.labels, "flashlight" if lm else "greedy", cache.vocabulary.blank_index,
+                       lm_path=str(lm) if lm else None, seconds_per_frame=cache.seconds_per_frame)
+    return replace(spec, **decoder_overrides(args))
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -142,8 +125,7 @@ def run_tune(args: argparse.Namespace) -> int:
                              f"data source use `hfspeech lm tune {first} {second} --lm LM_DIR`.")
         cache, lm = EmissionsCache.load(Path(first)), Path(second)
         output = args.output or Path("lm_weights.json")
-    spec = _spec(args, cache.vocabulary.labels, cache.vocabulary.blank_index, cache.seconds_per_frame,
-                 lm, args.alpha, args.beta)
+    spec = _spec(args, cache, lm)
     result = tune_lm_weights(cache, spec, num_trials=args.trials, seed=args.seed,
                              alpha_range=tuple(args.alpha_range), beta_range=tuple(args.beta_range),
                              num_workers=args.workers)
@@ -166,18 +148,16 @@ def run_decode(args: argparse.Namespace) -> int:
     from hfspeech.decoding.wer import error_report, measure_decoding_speed
 
     cache = EmissionsCache.load(args.emissions)
-    alpha, beta = args.alpha, args.beta
     if args.weights is not None:
         if not args.weights.is_file():
             raise FileNotFoundError(f"--weights {args.weights} does not exist; write it with `hfspeech lm tune`.")
         weights = json.loads(args.weights.read_text(encoding="utf-8"))
-        alpha, beta = float(weights["alpha"]), float(weights["beta"])
+        args.alpha, args.beta = float(weights["alpha"]), float(weights["beta"])
         if weights.get("backend") == "flashlight" and "lexicon_lookahead" in weights:
             args.lexicon_lookahead = weights["lexicon_lookahead"]
-    if args.backend != "greedy" and args.lm is None:
+    if args.backend not in (None, "greedy") and args.lm is None:
         logger.info("no --lm: %s searches without a language model", args.backend)
-    spec = _spec(args, cache.vocabulary.labels, cache.vocabulary.blank_index, cache.seconds_per_frame,
-                 args.lm if args.backend != "greedy" else None, alpha, beta)
+    spec = _spec(args, cache, args.lm if args.backend != "greedy" else None)
     if args.workers > 1:
         with DecoderPool(spec, args.workers) as pool:
             results, speed = measure_decoding_speed(lambda items: pool.decode_batch(items, progress=True),

@@ -184,6 +184,13 @@ class GreedyCTCDecoder(CTCDecoder):
     one the beam backends search, so beam width 1 without LM gives the same text.
     """
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> "GreedyCTCDecoder":
+        """The greedy decoder over a CTC tokenizer's vocabulary (blank = its pad token): the one decoding of
+        training's dev WER, `transformers.Trainer`'s ``compute_metrics`` and ``hfspeech evaluate`` without an LM."""
+        vocabulary = CTCVocabulary.from_tokenizer(tokenizer)
+        return cls(DecoderSpec(vocabulary.labels, "greedy", vocabulary.blank_index))
+
     def _decode_compact(self, log_probs: np.ndarray) -> Transcription:
         path = log_probs.argmax(axis=1)
         return self._transcription_from_path(path, log_probs.max(axis=1).sum())

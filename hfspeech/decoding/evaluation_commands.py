@@ -7,16 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+from .decoder_arguments import add_decoder_arguments, decoder_overrides
 
-def _add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, metavar="MODEL", help="CTC model directory (e.g. RUN/final)")
     parser.add_argument("--lm", type=Path, default=None,
                         help="LM directory from `hfspeech lm build` (default: the decoder saved in MODEL, else greedy)")
-    parser.add_argument("--backend", choices=("greedy", "pyctcdecode", "flashlight"), default=None,
-                        help="default: the saved decoder's backend; flashlight with --lm; greedy without an LM")
-    parser.add_argument("--alpha", type=float, default=None, help="LM weight (default: saved value or 0.5)")
-    parser.add_argument("--beta", type=float, default=None, help="word bonus (default: saved value or 1.0)")
-    parser.add_argument("--beam-width", type=int, default=None)
+    add_decoder_arguments(parser)
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cuda")
 
 
@@ -25,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "transcribe", help="transcribe audio files with a CTC model (and LM)",
         description="Print one line per AUDIO file: the path, a tab, the transcript.",
     )
-    _add_decoder_arguments(transcribe)
+    _add_model_arguments(transcribe)
     transcribe.add_argument("audio", nargs="+", type=Path, metavar="AUDIO", help="audio files (any FFmpeg format)")
     transcribe.set_defaults(func=run_transcribe)
 
@@ -35,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "and print WER/CER with substitutions/deletions/insertions, the worst utterances and the "
                      "real-time factor of decoding and of model + decoding."),
     )
-    _add_decoder_arguments(evaluate)
+    _add_model_arguments(evaluate)
     evaluate.add_argument("data", metavar="DATA", help="data source: audiofolder, LibriSpeech dir, manifest, librispeech:...")
     evaluate.add_argument("--cache", type=Path, default=None, help="emissions cache file (.npz)")
     evaluate.add_argument("--no-cache", action="store_true", help="always recompute the emissions")
@@ -52,7 +50,7 @@ def _spec(args: argparse.Namespace, loaded):
     from hfspeech.decoding.inference import resolve_decoder_spec
 
     return resolve_decoder_spec(args.model, loaded.vocabulary, loaded.seconds_per_frame, lm=args.lm,
-                                backend=args.backend, alpha=args.alpha, beta=args.beta, beam_width=args.beam_width)
+                                **decoder_overrides(args))
 
 
 def run_transcribe(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Write a freshly initialised SpeechEncoderForPreTraining (config, safetensors weights, "
             "feature extractor) for the given objective and paper size. Fields of the preset can be "
-            "replaced with --set KEY=VALUE (JSON values, e.g. --set num_hidden_layers=4)."
+            "replaced with --set KEY=VALUE (YAML values, as in the training configs: --set num_hidden_layers=4)."
         ),
     )
     init.add_argument("output_dir", type=Path, help="directory to create")
@@ -53,18 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """Parse ``KEY=VALUE`` strings; VALUE is JSON when it parses as JSON, else a string."""
-    import json
+    """Parse ``KEY=VALUE`` strings (YAML values, `hfspeech.overrides`) naming config fields."""
+    from ..overrides import parse_overrides as parse_key_values
 
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}.")
-        key, value = pair.split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_key_values(pairs, "--set")
     valid = set(SpeechEncoderConfig().to_dict())
     unknown = sorted(set(overrides) - valid)
     if unknown:

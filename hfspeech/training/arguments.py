@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import yaml
 from transformers import HfArgumentParser
 
+from ..overrides import parse_overrides
+
 T = TypeVar("T")
 
 MIXED_PRECISION_HELP = ("no, bf16 or fp16 (fp16 scales the loss with a GradScaler and skips overflowing updates; "
@@ -141,11 +143,7 @@ def parse_arguments(dataclass_type: type[T], config_file: str | Path | None = No
         if not isinstance(loaded, dict):
             raise ValueError(f"{path} must hold a YAML mapping of field: value.")
         values.update(loaded)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"Override {item!r} is not of the form key=value.")
-        key, raw = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(raw)
+    values.update(parse_overrides(overrides or []))
     fields = {f.name: f for f in dataclasses.fields(dataclass_type)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

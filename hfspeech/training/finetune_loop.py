@@ -149,12 +149,11 @@ class DevEvaluator:
 
     def __init__(self, dataset, references: list[str], tokenizer, max_batch_seconds: float,
                  accelerator: Accelerator) -> None:
-        from ..decoding import CTCVocabulary, DecoderSpec, build_decoder
+        from ..decoding import GreedyCTCDecoder
 
         self.dataset, self.references = dataset, references
         self._waveforms: dict[int, np.ndarray] = {}
-        vocabulary = CTCVocabulary.from_tokenizer(tokenizer)
-        self.decoder = build_decoder(DecoderSpec(vocabulary.labels, "greedy", vocabulary.blank_index))
+        self.decoder = GreedyCTCDecoder.from_tokenizer(tokenizer)
         self.sampler = DurationBucketBatchSampler(
             _column(dataset, "duration"), max_batch_seconds, shuffle=False, num_replicas=accelerator.num_processes,
             rank=accelerator.process_index, uneven="drop" if accelerator.num_processes > 1 else "pad",
