@@ -77,7 +77,7 @@ def test_bad_arguments_raise() -> None:
 
 
 def test_concatenate_frames_shares_memory_only_for_consecutive_splits() -> None:
-    from hfspeech.targets.assign import concatenate_frames
+    from hfspeech.targets.feature_groups import concatenate_frames
 
     whole = torch.arange(60.0).reshape(20, 3)
     parts = list(whole.split([4, 7, 9]))
@@ -95,7 +95,7 @@ def test_concatenate_frames_shares_memory_only_for_consecutive_splits() -> None:
 def test_worker_threads_write_the_same_files_as_one_thread(tmp_path, cache_mib) -> None:
     """Groups computed and labelled on 3 threads: same sample, centroids and label files, byte for byte
     (with a partial cache the labelling stream mixes cached groups and recomputed ones)."""
-    from hfspeech.targets.assign import sample_fit_frames
+    from hfspeech.targets.feature_groups import sample_fit_frames
 
     utterances = _utterances(16)
     outputs = {}

@@ -12,14 +12,13 @@ from sklearn.cluster import KMeans
 
 from hfspeech.targets.assign import (
     LabelMetadata,
-    add_label_columns,
     check_label_length,
     format_label_lines,
-    iter_source_utterances,
     read_km_file,
     read_label_directory,
     write_label_files,
 )
+from hfspeech.targets.feature_groups import iter_source_utterances
 from hfspeech.targets.kmeans import (
     FrameSampler,
     KMeansModel,
@@ -165,22 +164,7 @@ def test_label_length_check_catches_rate_mix_up() -> None:
         check_label_length("u1", 49, 16000, 100.0)
 
 
-def test_dataset_column_equals_km_rows(tmp_path: Path) -> None:
-    from datasets import Dataset
-
-    extractor = MFCCFeatureExtractor()
-    utterances = list(iter_source_utterances(str(AUDIO)))
-    frames = torch.cat(extractor.batch([w for _, w in utterances], [n for n, _ in utterances]))
-    model = fit_kmeans(frames, 6, seed=1)
-    dataset = Dataset.from_dict({"id": [n for n, _ in utterances], "audio": [w.tolist() for _, w in utterances]})
-    labelled = add_label_columns(dataset, extractor, [model])
-    write_label_files(iter(utterances), extractor, [model], tmp_path)
-    _, _, labels = read_label_directory(tmp_path)
-    assert labelled["labels_k6"] == [row.tolist() for row in labels[6]]
-
-
 def test_streaming_sources_label_lazily(tmp_path: Path) -> None:
-    from hfspeech.data import load_source
     from hfspeech.targets.assign import iter_labels
 
     extractor = MFCCFeatureExtractor()
@@ -195,7 +179,3 @@ def test_streaming_sources_label_lazily(tmp_path: Path) -> None:
     labels = iter_labels(stream(), extractor, [model], batch_seconds=1.0)
     first = next(labels)
     assert first[0] == "u0" and len(pulled) <= 3  # bounded look-ahead, nothing dumped
-    # a datasets IterableDataset from hfspeech.data gets a lazily computed column
-    streamed = add_label_columns(load_source(str(AUDIO), streaming=True), extractor, [model])
-    rows = list(streamed)
-    assert [len(r["labels_k4"]) for r in rows] == [len(extractor.batch([r["audio"]], [r["id"]])[0]) for r in rows]

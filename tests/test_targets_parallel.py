@@ -80,7 +80,7 @@ def test_thread_count_contexts_restore_the_callers_setting() -> None:
 
 
 def test_a_worker_count_below_one_is_refused() -> None:
-    from hfspeech.targets.assign import usable_workers
+    from hfspeech.targets.feature_groups import usable_workers
     from hfspeech.targets.mfcc import MFCCFeatureExtractor
 
     with pytest.raises(ValueError, match="workers must be at least 1"):

@@ -2,7 +2,7 @@
 
 The data path: `compute_mfcc_batch` (iteration 1, 100 Hz) or `LayerFeatureReader` (later
 iterations, 50 Hz) -> `FrameSampler` + `fit_kmeans` (torch or sklearn backend) ->
-`write_label_files` / `add_label_columns` (streaming, ``.km`` files + ``labels.json``), or
+`write_label_files` (streaming, ``.km`` files + ``labels.json``), or
 `fit_and_assign` for both with features computed once (cached under a memory bound) ->
 `measure_quality` (PNMI, phone/cluster purity against phone alignments).
 
@@ -13,18 +13,15 @@ stream order, so the outputs do not depend on the thread count.
 
 from .assign import (
     LabelMetadata,
-    add_label_columns,
     check_label_length,
     iter_labels,
-    iter_source_utterances,
-    make_feature_extractor,
     read_km_file,
     read_label_directory,
-    sample_fit_frames,
     write_label_files,
     write_label_groups,
 )
 from .deltas import compute_deltas
+from .feature_groups import iter_source_utterances, make_feature_extractor, sample_fit_frames
 from .fit_assign import FeatureCache, fit_and_assign
 from .iterations import assign_label_sets, check_label_rate, fit_label_sets, run_iterations, verify_labels
 from .kmeans import FrameSampler, KMeansModel, compute_inertia, fit_kmeans, load_kmeans_models
@@ -45,7 +42,7 @@ from .quality import (
 
 __all__ = [
     "DEFAULT_MAX_UNCOVERED_SECONDS", "FeatureCache", "FrameAlignment", "FrameSampler", "KMeansModel", "LabelMetadata", "LayerFeatureReader", "MFCCConfig",
-    "MFCCFeatureExtractor", "QualityReport", "add_label_columns", "align_frames", "assign_label_sets", "check_label_length", "check_label_rate",
+    "MFCCFeatureExtractor", "QualityReport", "align_frames", "assign_label_sets", "check_label_length", "check_label_rate",
     "compute_deltas", "compute_inertia", "compute_mfcc", "compute_mfcc_batch", "fit_and_assign", "fit_kmeans",
     "fit_label_sets",
     "iter_labels", "iter_source_utterances", "load_feature_model", "load_kmeans_models", "make_feature_extractor",

@@ -6,8 +6,7 @@ one group per worker thread (see `hfspeech.targets.parallel`) whatever the corpu
 
 * fairseq-style label files: ``OUT/k{K}.km`` (one line of space-separated cluster ids per
   utterance), ``OUT/ids.txt`` (the utterance ids, same order), ``OUT/labels.json`` (label
-  rate, K values, feature spec, k-means directories, counts) — written line by line;
-* or a ``datasets`` column per K (``labels_k{K}``) via `add_label_columns`.
+  rate, K values, feature spec, k-means directories, counts) — written line by line.
 """
 
 from __future__ import annotations
@@ -32,12 +31,6 @@ from .feature_groups import (
     concatenate_frames,
     iter_feature_groups,
     usable_workers,
-)
-from .feature_groups import (  # noqa: F401 - re-exported: they lived here before feature_groups.py
-    iter_feature_batches,
-    iter_source_utterances,
-    make_feature_extractor,
-    sample_fit_frames,
 )
 from .kmeans import KMeansModel
 from .parallel import map_in_order, pipeline_threads
@@ -286,27 +279,3 @@ def check_label_length(
             f"utterance {utterance_id}: {num_labels} labels at {label_rate:g} Hz span {label_seconds:.2f} s but the "
             f"audio is {audio_seconds:.2f} s; the labels were made for other audio or another label rate"
         )
-
-
-def add_label_columns(
-    dataset: Any, extractor: FeatureExtractor, models: list[KMeansModel], audio_column: str = "audio"
-) -> Any:
-    """Add a ``labels_k{K}`` column (list of int) per model to a `datasets` Dataset/IterableDataset.
-
-    Labels are computed lazily for an IterableDataset and batch by batch (``map``) for a
-    Dataset; the column for utterance i is ``models[j].predict(features(audio_i))``.
-    """
-    _check_models(models, extractor)
-
-    def label_batch(batch: dict[str, list]) -> dict[str, list]:
-        waveforms = [np.asarray(audio, dtype=np.float32) for audio in batch[audio_column]]
-        names = [str(name) for name in batch.get("id", range(len(waveforms)))]
-        features = extractor.batch(waveforms, names)
-        out: dict[str, list] = {f"labels_k{m.num_clusters}": [] for m in models}
-        for name, feature in zip(names, features):
-            for model in models:
-                out[f"labels_k{model.num_clusters}"].append(model.predict(feature, name).cpu().tolist())
-        return out
-
-    return dataset.map(label_batch, batched=True, batch_size=16)
-

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .assign import LabelMetadata, iter_source_utterances, make_feature_extractor, sample_fit_frames, write_label_files
+from .assign import LabelMetadata, write_label_files
+from .feature_groups import iter_source_utterances, make_feature_extractor, sample_fit_frames
 from .fit_assign import fit_and_assign
 from .kmeans import KMeansModel, fit_kmeans, load_kmeans_models
 
