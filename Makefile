@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all demo benchmarks clean
+.PHONY: setup test test-all demo clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_system_packages.sh scri
 test: setup
 	$(PY) -m pytest
 
-test-all: setup
+test-all: setup  # the default suite plus the `slow` end-to-end tests (the full demo, the reproduction study)
 	$(PY) -m pytest -m ""
 
 demo: setup

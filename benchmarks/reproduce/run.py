@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every update count")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pnmi-sentences", type=int, default=40)
+    parser.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "reproduce",
+                        help="where the report (report.md + plots) goes")
     parser.add_argument("--finished", action="store_true",
                         help="report the recipe runs and pretrainings already finished; train nothing")
     args = parser.parse_args(argv)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
     from report import write_report  # noqa: E402 - benchmarks/reproduce/report.py, beside this file
 
-    print(write_report(args.output / "summary.json", ROOT / "benchmarks" / "results" / "reproduce"))
+    print(write_report(args.output / "summary.json", args.report))
     return 0
 
 

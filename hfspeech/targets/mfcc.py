@@ -176,8 +176,8 @@ def _cepstra_of_all_hops(signal: torch.Tensor, frame_means: torch.Tensor, config
     of ``e``; each chunk is copied once into a zero-padded FFT buffer, windowed, transformed
     (rfft), and reduced with two matmuls: mel filterbank @ (re², im²) (block-sparse on the CPU,
     see `_mel_blocks`), then log-mel @ (DCT x lifter). Chunks of ``chunk_frames`` keep the
-    buffers in the CPU cache (a 1,024 x 512 float buffer is 2 MB; on this CPU the FFT costs
-    ~4x more per frame on 16,384-frame chunks).
+    buffers in the CPU cache (a 1,024 x 512 float buffer is 2 MB; much longer chunks make the
+    FFT cost several times more per frame).
     """
     device = signal.device
     window, banks, dct, lifter = (c.to(device=device, dtype=torch.float32) for c in _constants(config))
