@@ -91,7 +91,7 @@ def _shard_pool(utterances, mfcc, shards: int):
 
 
 def run_fairseq(utterances, k: int, out: Path, seed: int, percent: float, mfcc, pool=None, shards: int = 1) -> dict:
-    from hfspeech.targets.kmeans import fit_kmeans
+    from hfspeech.labels.kmeans import fit_kmeans
 
     clock = Clock()
     if pool is None:
@@ -122,11 +122,11 @@ def run_fairseq(utterances, k: int, out: Path, seed: int, percent: float, mfcc, 
 
 
 def run_ours(utterances, k: int, out: Path, seed: int, fraction: float) -> dict:
-    from hfspeech.targets.fit_assign import fit_and_assign
-    from hfspeech.targets.mfcc import MFCCFeatureExtractor
+    from hfspeech.labels.fit_assign import fit_and_assign
+    from hfspeech.labels.mfcc import MFCCFrameFeatures
 
     stages: dict[str, float] = {}
-    models, _ = fit_and_assign(lambda: iter(utterances), MFCCFeatureExtractor(), [k], out, fraction=fraction,
+    models, _ = fit_and_assign(lambda: iter(utterances), MFCCFrameFeatures(), [k], out, fraction=fraction,
                                max_frames=None, seed=seed, stage_seconds=stages)
     names = {"features": "mfcc", "fit": "fit", "labels": "assign"}  # features_s also holds sampling + caching
     times = {key.replace(stage, names[stage], 1): value for key, value in stages.items() for stage in names
@@ -142,7 +142,7 @@ def reference_mfcc(args: argparse.Namespace):
         return fairseq_mfcc(import_torchaudio_from_wheel(args.torchaudio_wheel, Path(args.workdir) / "wheels"))
     import torch
 
-    from hfspeech.targets.mfcc import compute_mfcc
+    from hfspeech.labels.mfcc import compute_mfcc
 
     return lambda waveform: compute_mfcc(torch.from_numpy(waveform))
 
@@ -151,7 +151,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    import hfspeech.targets  # noqa: F401 - imports stay outside the timed region
+    import hfspeech.labels  # noqa: F401 - imports stay outside the timed region
     import sklearn.cluster  # noqa: F401
 
     torch.set_num_threads(args.threads)
@@ -173,8 +173,8 @@ def child(args: argparse.Namespace) -> None:
         pool.close()
         pool.join()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the (untimed) inertia evaluation
-    from hfspeech.targets.kmeans import compute_inertia
-    from hfspeech.targets.mfcc import compute_mfcc_batch
+    from hfspeech.labels.kmeans import compute_inertia
+    from hfspeech.labels.mfcc import compute_mfcc_batch
 
     with threadpool_limits(args.threads):
         all_frames = torch.cat(compute_mfcc_batch([w for _, w in utterances]))

@@ -17,7 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hfspeech.data.commands",
     "hfspeech.decoding.commands",
     "hfspeech.decoding.evaluation_commands",
-    "hfspeech.targets.commands",
+    "hfspeech.labels.commands",
     "hfspeech.training.commands",
     "hfspeech.sharing.commands",
 )

@@ -76,7 +76,7 @@ def stage_pnmi_corpus(directory: Path, settings: dict) -> dict:
 
 def stage_labels(directory: Path, split: dict, pnmi: Path) -> dict:
     """k-means on the training speakers' MFCC; labels of their audio and the test audio; PNMI on flite speech."""
-    from .targets import assign_label_sets, fit_label_sets, measure_quality, read_label_directory, read_phn_directory
+    from .labels import assign_label_sets, fit_label_sets, measure_quality, read_label_directory, read_phn_directory
 
     train, test = split["test"]["manifests"]["train"]["path"], split["test"]["manifests"]["dev"]["path"]
     fit_label_sets(train, "mfcc", [100], directory / "kmeans", backend="torch", seed=0)

@@ -24,7 +24,7 @@ from hfspeech.cli import main
 from hfspeech.decoding import DecoderSpec, build_language_model, load_vocabulary
 from hfspeech.decoding import SpeechProcessorWithLM, attach_language_model
 from hfspeech.sharing import IncompleteModelDirectoryError, PushError, push_model_directory
-from hfspeech.targets.kmeans import KMeansModel
+from hfspeech.labels.kmeans import KMeansModel
 
 from hub_server import HubServer
 

@@ -13,11 +13,11 @@ from transformers import HubertConfig, HubertModel
 
 from hfspeech.cli import main
 from hfspeech.configuration import SpeechEncoderConfig
-from hfspeech.targets.assign import read_label_directory
-from hfspeech.targets.iterations import check_label_rate, run_iterations
-from hfspeech.targets.kmeans import load_kmeans_models
-from hfspeech.targets.layer_features import LayerFeatureReader
-from hfspeech.targets.mfcc import num_mfcc_frames
+from hfspeech.labels.assign import read_label_directory
+from hfspeech.labels.iterations import check_label_rate, run_iterations
+from hfspeech.labels.kmeans import load_kmeans_models
+from hfspeech.labels.layer_features import LayerFeatureReader
+from hfspeech.labels.mfcc import num_mfcc_frames
 
 FLITE = Path(__file__).parent / "fixtures" / "targets" / "flite"
 AUDIO = Path(__file__).parent / "fixtures" / "targets" / "audio"
@@ -78,8 +78,8 @@ def test_two_iterations_record_their_label_rates(tmp_path: Path) -> None:
 
 
 def test_assign_rejects_kmeans_of_other_features(tmp_path: Path) -> None:
-    from hfspeech.targets.kmeans import fit_kmeans
-    from hfspeech.targets.iterations import assign_label_sets
+    from hfspeech.labels.kmeans import fit_kmeans
+    from hfspeech.labels.iterations import assign_label_sets
 
     model = fit_kmeans(torch.randn(100, 20), 3, feature="mfcc")
     model.save(tmp_path / "km")

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from hfspeech.targets.assign import read_label_directory, write_label_files
-from hfspeech.targets.fit_assign import FeatureCache, fit_and_assign
-from hfspeech.targets.kmeans import KMeansModel
-from hfspeech.targets.mfcc import MFCCFeatureExtractor
+from hfspeech.labels.assign import read_label_directory, write_label_files
+from hfspeech.labels.fit_assign import FeatureCache, fit_and_assign
+from hfspeech.labels.kmeans import KMeansModel
+from hfspeech.labels.mfcc import MFCCFrameFeatures
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-class CountingExtractor(MFCCFeatureExtractor):
+class CountingExtractor(MFCCFrameFeatures):
     """MFCC extractor that counts the utterances whose features it computes."""
 
     def __init__(self) -> None:
@@ -51,7 +51,7 @@ def test_labels_equal_separate_fit_then_assign_and_features_are_computed_once_if
     reloaded = [KMeansModel.load(tmp_path / "kmeans" / f"k{k}") for k in (5, 8)]
     for model, saved in zip(models, reloaded):
         torch.testing.assert_close(model.centroids, saved.centroids)
-    write_label_files(iter(utterances), MFCCFeatureExtractor(), reloaded, tmp_path / "separate")
+    write_label_files(iter(utterances), MFCCFrameFeatures(), reloaded, tmp_path / "separate")
     _, ids, labels = read_label_directory(tmp_path / "labels")
     _, separate_ids, separate = read_label_directory(tmp_path / "separate")
     assert ids == separate_ids == [name for name, _ in utterances]
@@ -71,13 +71,13 @@ def test_cache_keeps_a_prefix_and_stops_at_the_first_group_that_does_not_fit() -
 
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="at least one K"):
-        fit_and_assign(lambda: iter(_utterances(2)), MFCCFeatureExtractor(), [], "unused")
+        fit_and_assign(lambda: iter(_utterances(2)), MFCCFrameFeatures(), [], "unused")
     with pytest.raises(ValueError, match="cache_mib"):
-        fit_and_assign(lambda: iter(_utterances(2)), MFCCFeatureExtractor(), [2], "unused", cache_mib=-1)
+        fit_and_assign(lambda: iter(_utterances(2)), MFCCFrameFeatures(), [2], "unused", cache_mib=-1)
 
 
 def test_concatenate_frames_shares_memory_only_for_consecutive_splits() -> None:
-    from hfspeech.targets.feature_groups import concatenate_frames
+    from hfspeech.labels.feature_groups import concatenate_frames
 
     whole = torch.arange(60.0).reshape(20, 3)
     parts = list(whole.split([4, 7, 9]))
@@ -95,16 +95,16 @@ def test_concatenate_frames_shares_memory_only_for_consecutive_splits() -> None:
 def test_worker_threads_write_the_same_files_as_one_thread(tmp_path, cache_mib) -> None:
     """Groups computed and labelled on 3 threads: same sample, centroids and label files, byte for byte
     (with a partial cache the labelling stream mixes cached groups and recomputed ones)."""
-    from hfspeech.targets.feature_groups import sample_fit_frames
+    from hfspeech.labels.feature_groups import sample_fit_frames
 
     utterances = _utterances(16)
     outputs = {}
     for workers in (1, 3):
-        models, _ = fit_and_assign(lambda: iter(utterances), MFCCFeatureExtractor(), [5, 8], tmp_path / f"w{workers}",
+        models, _ = fit_and_assign(lambda: iter(utterances), MFCCFrameFeatures(), [5, 8], tmp_path / f"w{workers}",
                                    fraction=0.5, seed=0, cache_mib=cache_mib, batch_seconds=0.6, workers=workers)
-        write_label_files(iter(utterances), MFCCFeatureExtractor(), models, tmp_path / f"separate{workers}",
+        write_label_files(iter(utterances), MFCCFrameFeatures(), models, tmp_path / f"separate{workers}",
                           batch_seconds=0.6, workers=workers)
-        sample = sample_fit_frames(iter(utterances), MFCCFeatureExtractor(), fraction=0.5, seed=0, batch_seconds=0.6,
+        sample = sample_fit_frames(iter(utterances), MFCCFrameFeatures(), fraction=0.5, seed=0, batch_seconds=0.6,
                                    workers=workers)
         outputs[workers] = models, sample
         assert torch.get_num_threads() == 1  # the caller's thread count is restored (the fixture set 1)
@@ -122,6 +122,6 @@ def test_an_error_on_a_worker_thread_names_the_utterance(tmp_path) -> None:
     utterances = _utterances(10)
     utterances[6] = ("too_short", np.zeros(100, dtype=np.float32))
     with pytest.raises(ValueError, match="utterance too_short: 100 samples is shorter than one"):
-        fit_and_assign(lambda: iter(utterances), MFCCFeatureExtractor(), [3], tmp_path / "labels", batch_seconds=0.5,
+        fit_and_assign(lambda: iter(utterances), MFCCFrameFeatures(), [3], tmp_path / "labels", batch_seconds=0.5,
                        workers=3)
     assert torch.get_num_threads() == 1

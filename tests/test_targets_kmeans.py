@@ -10,7 +10,7 @@ import soundfile
 import torch
 from sklearn.cluster import KMeans
 
-from hfspeech.targets.assign import (
+from hfspeech.labels.assign import (
     LabelMetadata,
     check_label_length,
     format_label_lines,
@@ -18,8 +18,8 @@ from hfspeech.targets.assign import (
     read_label_directory,
     write_label_files,
 )
-from hfspeech.targets.feature_groups import iter_source_utterances
-from hfspeech.targets.kmeans import (
+from hfspeech.labels.feature_groups import iter_source_utterances
+from hfspeech.labels.kmeans import (
     FrameSampler,
     KMeansModel,
     compute_inertia,
@@ -27,7 +27,7 @@ from hfspeech.targets.kmeans import (
     load_kmeans_models,
     nearest_centroids,
 )
-from hfspeech.targets.mfcc import MFCCFeatureExtractor, compute_mfcc_batch
+from hfspeech.labels.mfcc import MFCCFrameFeatures, compute_mfcc_batch
 
 AUDIO = Path(__file__).parent / "fixtures" / "targets" / "audio"
 
@@ -120,7 +120,7 @@ def test_frame_sampler_fraction_and_reservoir() -> None:
 
 
 def test_km_files_round_trip_and_match_direct_prediction(tmp_path: Path) -> None:
-    extractor = MFCCFeatureExtractor()
+    extractor = MFCCFrameFeatures()
     utterances = list(iter_source_utterances(str(AUDIO)))
     frames = torch.cat(extractor.batch([w for _, w in utterances], [n for n, _ in utterances]))
     models = [fit_kmeans(frames, k, seed=0, feature="mfcc") for k in (5, 12)]
@@ -165,9 +165,9 @@ def test_label_length_check_catches_rate_mix_up() -> None:
 
 
 def test_streaming_sources_label_lazily(tmp_path: Path) -> None:
-    from hfspeech.targets.assign import iter_labels
+    from hfspeech.labels.assign import iter_labels
 
-    extractor = MFCCFeatureExtractor()
+    extractor = MFCCFrameFeatures()
     model = fit_kmeans(torch.randn(200, 39), 4, seed=0)
     pulled = []
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import HubertConfig, HubertModel
 
-from hfspeech.targets.layer_features import LayerFeatureReader, num_conv_frames, parse_layer_spec
+from hfspeech.labels.layer_features import LayerFeatureReader, num_conv_frames, parse_layer_spec
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -21,8 +21,8 @@ import scipy.signal
 import soundfile
 import torch
 
-from hfspeech.targets.deltas import compute_deltas
-from hfspeech.targets.mfcc import (
+from hfspeech.labels.deltas import compute_deltas
+from hfspeech.labels.mfcc import (
     MFCCConfig,
     _constants,
     _mel_blocks,

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from hfspeech.targets.parallel import map_in_order, pipeline_threads, torch_threads
+from hfspeech.labels.parallel import map_in_order, pipeline_threads, torch_threads
 
 
 def test_results_keep_the_input_order_and_workers_run_one_torch_thread_each() -> None:
@@ -80,10 +80,10 @@ def test_thread_count_contexts_restore_the_callers_setting() -> None:
 
 
 def test_a_worker_count_below_one_is_refused() -> None:
-    from hfspeech.targets.feature_groups import usable_workers
-    from hfspeech.targets.mfcc import MFCCFeatureExtractor
+    from hfspeech.labels.feature_groups import usable_workers
+    from hfspeech.labels.mfcc import MFCCFrameFeatures
 
     with pytest.raises(ValueError, match="workers must be at least 1"):
-        usable_workers(MFCCFeatureExtractor(), 0)
-    assert usable_workers(MFCCFeatureExtractor(), 3) == 3
+        usable_workers(MFCCFrameFeatures(), 0)
+    assert usable_workers(MFCCFrameFeatures(), 3) == 3
     assert usable_workers(object(), 3) == 1  # an extractor that does not say it is thread safe: one thread

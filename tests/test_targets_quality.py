@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from sklearn.metrics import mutual_info_score
 
-from hfspeech.targets.kmeans import fit_kmeans
-from hfspeech.targets.mfcc import compute_mfcc_batch
-from hfspeech.targets.quality import (
+from hfspeech.labels.kmeans import fit_kmeans
+from hfspeech.labels.mfcc import compute_mfcc_batch
+from hfspeech.labels.quality import (
     PhoneSegments,
     align_frames,
     co_occurrence,

@@ -47,7 +47,7 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def label_quality(directory: Path, pool_output: Path, sentences: int) -> dict:
     """PNMI of the pool's iteration-1 (MFCC) and iteration-2 (layer) k-means labels on flite speech."""
     from hfspeech.demo_corpus import DEV_VOICE, TRAIN_VOICES, build_split
-    from hfspeech.targets import assign_label_sets, measure_quality, read_label_directory, read_phn_directory
+    from hfspeech.labels import assign_label_sets, measure_quality, read_label_directory, read_phn_directory
 
     build_split(directory, "speech", (*TRAIN_VOICES, DEV_VOICE), sentences, random.Random(0))
     alignments = read_phn_directory(directory / "alignments")

@@ -86,7 +86,7 @@ def write_pool(directory: Path, splits: dict[str, dict[str, Any]], unlabeled: li
 
 def make_labels(directory: Path, feature: str, clusters: int, pool: dict[str, Any]) -> dict[str, Any]:
     """k-means on the pool's ``feature`` frames, then labels for pool and pool_dev."""
-    from ..targets import assign_label_sets, fit_label_sets
+    from ..labels import assign_label_sets, fit_label_sets
 
     fit_label_sets(pool["pool"], feature, [clusters], directory / "kmeans", backend="torch", seed=0)
     train = assign_label_sets(directory / "kmeans", pool["pool"], directory / "labels")

@@ -133,7 +133,7 @@ def _check_decoder(directory: Path, files: list[str], missing: list[str]) -> dic
 
 
 def _check_kmeans(directory: Path, files: list[str], missing: list[str]) -> dict[str, dict[str, Any]]:
-    from hfspeech.targets.kmeans import CENTROIDS_FILE, METADATA_FILE
+    from hfspeech.labels.kmeans import CENTROIDS_FILE, METADATA_FILE
 
     models = {}
     for name in files:

@@ -131,7 +131,7 @@ def _kmeans_section(model: ModelDirectory) -> list[str]:
         per_frame = f"{meta['inertia'] / frames:.4f}" if frames and meta.get("inertia") is not None else "-"
         lines.append(f"| `{folder}` | {meta.get('num_clusters')} | {meta.get('feature') or '-'} | {meta.get('dim')} "
                      f"| {frames} | {per_frame} | {meta.get('backend')} |")
-    lines += ["", "Load with `hfspeech.targets.load_kmeans_models(DIR/kmeans)`."]
+    lines += ["", "Load with `hfspeech.labels.load_kmeans_models(DIR/kmeans)`."]
     return lines
 
 

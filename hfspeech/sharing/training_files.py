@@ -36,8 +36,8 @@ def copy_label_kmeans(labels_dir: str | Path, directory: str | Path) -> list[Pat
     Returns:
         The model directories written.
     """
-    from hfspeech.targets.assign import LABELS_METADATA
-    from hfspeech.targets.kmeans import METADATA_FILE
+    from hfspeech.labels.assign import LABELS_METADATA
+    from hfspeech.labels.kmeans import METADATA_FILE
 
     metadata_path = Path(labels_dir) / LABELS_METADATA
     if not metadata_path.is_file():

@@ -25,7 +25,7 @@ def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
     utterances that have no labels (named in the error).
     """
     from ..data.records import add_column_keeping_audio_encoded
-    from ..targets.assign import read_label_directory
+    from ..labels.assign import read_label_directory
 
     metadata, ids, label_sets = read_label_directory(labels_dir)
     if int(metadata.label_rate) != int(config.label_rate):
@@ -113,7 +113,7 @@ def build_dev_batches(args: PretrainingArguments, config: SpeechEncoderConfig, n
                                    speed_perturbation=[], verify_data=False, seed=0)
     batches, summary = build_pretraining_batches(dev_args, config, num_processes, process_index)
     if config.objective == "hubert":
-        from ..targets.assign import read_label_directory
+        from ..labels.assign import read_label_directory
 
         metadata, _, label_sets = read_label_directory(args.dev_labels)
         summary["majority_cluster_rate"] = {}

@@ -1,10 +1,10 @@
 """Feature groups: utterances batched into groups of audio and their features computed, on
-worker threads where the extractor allows (`hfspeech.targets.parallel`).
+worker threads where the frame-feature source allows (`hfspeech.labels.parallel`).
 
 The stream is ``(utterance_id, waveform)`` pairs (16 kHz float32 ``(S,)``); a group holds at
 most ``batch_seconds`` of consecutive utterances (one longer utterance forms its own group)
 and yields ``(utterance_ids, num_samples, features [(T_i, D)])``. Both the k-means sample
-(`sample_fit_frames`) and label assignment (`hfspeech.targets.assign`) consume groups.
+(`sample_fit_frames`) and label assignment (`hfspeech.labels.assign`) consume groups.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def concatenate_frames(features: list[torch.Tensor]) -> torch.Tensor:
     return first.as_strided((rows, first.shape[1]), first.stride(), first.storage_offset())
 
 
-class FeatureExtractor(Protocol):
-    """What `MFCCFeatureExtractor` and `LayerFeatureReader` both provide.
+class FrameFeatures(Protocol):
+    """What `MFCCFrameFeatures` and `LayerFeatureReader` both provide.
 
-    An extractor may also set ``thread_safe = True`` when `batch` can run on several threads
+    A frame-feature source may also set ``thread_safe = True`` when `batch` can run on several threads
     at once on the CPU; the feature and labelling passes then use worker threads.
     """
 
@@ -61,12 +61,12 @@ class FeatureExtractor(Protocol):
     def batch(self, waveforms: list[np.ndarray | torch.Tensor], utterance_ids: list[str]) -> list[torch.Tensor]: ...
 
 
-def make_feature_extractor(spec: str, device: torch.device | str | None = None) -> FeatureExtractor:
-    """``"mfcc"`` -> `MFCCFeatureExtractor`; ``"MODEL_DIR:LAYER"`` -> `LayerFeatureReader`."""
+def make_frame_features(spec: str, device: torch.device | str | None = None) -> FrameFeatures:
+    """``"mfcc"`` -> `MFCCFrameFeatures`; ``"MODEL_DIR:LAYER"`` -> `LayerFeatureReader`."""
     if spec == "mfcc":
-        from .mfcc import MFCCFeatureExtractor
+        from .mfcc import MFCCFrameFeatures
 
-        return MFCCFeatureExtractor(device=device)
+        return MFCCFrameFeatures(device=device)
     from .layer_features import LayerFeatureReader
 
     return LayerFeatureReader.from_spec(spec, device=device)
@@ -83,7 +83,7 @@ def iter_source_utterances(spec: str, split: str | None = None) -> Iterator[tupl
 
 def iter_feature_groups(
     utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
+    frame_features: FrameFeatures,
     batch_seconds: float = 200.0,
     progress: bool = True,
     workers: int | None = 1,
@@ -92,25 +92,25 @@ def iter_feature_groups(
     ``batch_seconds`` of audio (one utterance longer than that forms its own group).
 
     ``workers > 1`` (None: one per torch thread) computes that many groups at once on threads
-    (`map_in_order`) when the extractor says it can (``thread_safe``, as the MFCC extractor on
+    (`map_in_order`) when the frame-feature source says it can (``thread_safe``, as the MFCC source on
     the CPU does); the groups and their order are the same either way."""
-    groups = audio_groups(utterances, extractor.name, batch_seconds, progress)
-    yield from map_in_order(lambda group: compute_feature_group(extractor, group), groups, usable_workers(extractor, workers))
+    groups = audio_groups(utterances, frame_features.name, batch_seconds, progress)
+    yield from map_in_order(lambda group: compute_feature_group(frame_features, group), groups, usable_workers(frame_features, workers))
 
 
-def usable_workers(extractor: FeatureExtractor, workers: int | None) -> int:
-    """``workers`` (None: `default_workers`) if the extractor is ``thread_safe``, else 1."""
+def usable_workers(frame_features: FrameFeatures, workers: int | None) -> int:
+    """``workers`` (None: `default_workers`) if the frame-feature source is ``thread_safe``, else 1."""
     if workers is not None and int(workers) < 1:
         raise ValueError(f"workers must be at least 1 (or None for one per torch thread), got {workers}")
-    if not getattr(extractor, "thread_safe", False):
+    if not getattr(frame_features, "thread_safe", False):
         return 1
     return default_workers() if workers is None else int(workers)
 
 
-def compute_feature_group(extractor: FeatureExtractor, group: tuple[list[str], list[np.ndarray]]) -> FeatureGroup:
+def compute_feature_group(frame_features: FrameFeatures, group: tuple[list[str], list[np.ndarray]]) -> FeatureGroup:
     """``(utterance_ids, waveforms)`` of `audio_groups` -> its feature group."""
     names, waveforms = group
-    return names, [len(w) for w in waveforms], extractor.batch(waveforms, names)
+    return names, [len(w) for w in waveforms], frame_features.batch(waveforms, names)
 
 
 def audio_groups(
@@ -138,18 +138,18 @@ def audio_groups(
 
 def iter_feature_batches(
     utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
+    frame_features: FrameFeatures,
     batch_seconds: float = 200.0,
     progress: bool = True,
 ) -> Iterator[tuple[str, int, torch.Tensor]]:
     """Yield ``(utterance_id, num_samples, features (T, D))``, computed group by group."""
-    for names, lengths, features in iter_feature_groups(utterances, extractor, batch_seconds, progress):
+    for names, lengths, features in iter_feature_groups(utterances, frame_features, batch_seconds, progress):
         yield from zip(names, lengths, features)
 
 
 def sample_fit_frames(
     utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
+    frame_features: FrameFeatures,
     fraction: float = 1.0,
     max_frames: int | None = None,
     seed: int = 0,
@@ -160,9 +160,9 @@ def sample_fit_frames(
 
     ``workers``: feature threads (see `iter_feature_groups`; None: one per torch thread)."""
     sampler = FrameSampler(fraction=fraction, max_frames=max_frames, seed=seed)
-    workers = usable_workers(extractor, workers)
+    workers = usable_workers(frame_features, workers)
     with pipeline_threads(workers):
-        for _, _, features in iter_feature_groups(utterances, extractor, batch_seconds, workers=workers):
+        for _, _, features in iter_feature_groups(utterances, frame_features, batch_seconds, workers=workers):
             sampler.add(concatenate_frames(features))
         sample = sampler.sample()
     logger.info("sampled %d of %d frames for k-means", sample.shape[0], sampler.frames_seen)

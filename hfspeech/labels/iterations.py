@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .assign import LabelMetadata, write_label_files
-from .feature_groups import iter_source_utterances, make_feature_extractor, sample_fit_frames
+from .feature_groups import iter_source_utterances, make_frame_features, sample_fit_frames
 from .fit_assign import fit_and_assign
 from .kmeans import KMeansModel, fit_kmeans, load_kmeans_models
 
@@ -64,8 +64,8 @@ def fit_label_sets(
     """
     if not ks:
         raise ValueError("give at least one K (--k 100)")
-    extractor = make_feature_extractor(feature, device)
-    frames = sample_fit_frames(_stream(data, split)(), extractor, fraction=fraction, max_frames=max_frames, seed=seed,
+    frame_features = make_frame_features(feature, device)
+    frames = sample_fit_frames(_stream(data, split)(), frame_features, fraction=fraction, max_frames=max_frames, seed=seed,
                                workers=workers)
     if device is not None:
         frames = frames.to(device)
@@ -92,8 +92,8 @@ def assign_label_sets(
     if len(features) != 1 or "" in features:
         raise ValueError(f"k-means models under {kmeans} were fitted on features {sorted(features)}; "
                          "an ensemble must share one feature spec")
-    extractor = make_feature_extractor(features.pop(), device)
-    return write_label_files(_stream(data, split)(), extractor, models, output_dir,
+    frame_features = make_frame_features(features.pop(), device)
+    return write_label_files(_stream(data, split)(), frame_features, models, output_dir,
                              kmeans_paths=[str(kmeans)], data=data if isinstance(data, str) else "", workers=workers)
 
 
@@ -127,7 +127,7 @@ def run_iterations(
     for name, feature, k in plan:
         logger.info("%s: %s features, K=%d", name, feature, k)
         _, results[name] = fit_and_assign(
-            _stream(data, split), make_feature_extractor(feature, device), [k], output_dir / name / "labels",
+            _stream(data, split), make_frame_features(feature, device), [k], output_dir / name / "labels",
             kmeans_dir=output_dir / name / "kmeans", backend=backend, fraction=fraction, max_frames=max_frames,
             seed=seed, cache_mib=cache_mib, data_spec=data if isinstance(data, str) else "", workers=workers,
         )

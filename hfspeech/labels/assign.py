@@ -1,8 +1,8 @@
 """Streaming label assignment: features are computed and assigned on the fly, never dumped.
 
 Utterances flow as ``(utterance_id, waveform)`` pairs (16 kHz float32 ``(S,)``), in groups of
-at most ``batch_seconds`` of audio (`hfspeech.targets.feature_groups`), so memory is bounded by
-one group per worker thread (see `hfspeech.targets.parallel`) whatever the corpus size. Outputs:
+at most ``batch_seconds`` of audio (`hfspeech.labels.feature_groups`), so memory is bounded by
+one group per worker thread (see `hfspeech.labels.parallel`) whatever the corpus size. Outputs:
 
 * fairseq-style label files: ``OUT/k{K}.km`` (one line of space-separated cluster ids per
   utterance), ``OUT/ids.txt`` (the utterance ids, same order), ``OUT/labels.json`` (label
@@ -24,7 +24,7 @@ import numpy as np
 
 from .feature_groups import (
     SAMPLE_RATE,
-    FeatureExtractor,
+    FrameFeatures,
     FeatureGroup,
     audio_groups,
     compute_feature_group,
@@ -71,50 +71,50 @@ def km_file_name(num_clusters: int) -> str:
     return f"k{num_clusters}.km"
 
 
-def _check_models(models: list[KMeansModel], extractor: FeatureExtractor) -> None:
+def _check_models(models: list[KMeansModel], frame_features: FrameFeatures) -> None:
     if not models:
         raise ValueError("no k-means model given")
     for model in models:
-        if model.dim != extractor.dim:
+        if model.dim != frame_features.dim:
             raise ValueError(f"k-means K={model.num_clusters} was fitted on {model.dim}-dim '{model.feature}' features "
-                             f"but the extractor gives {extractor.dim}-dim '{extractor.name}' features; "
+                             f"but the extractor gives {frame_features.dim}-dim '{frame_features.name}' features; "
                              "use the feature spec stored in kmeans.json")
     if len({model.num_clusters for model in models}) != len(models):
         raise ValueError(f"two k-means models share a K ({[m.num_clusters for m in models]}); label files are named by K")
 
 
 def label_groups(
-    groups: Iterable[Any], extractor: FeatureExtractor, models: list[KMeansModel], workers: int | None = 1,
+    groups: Iterable[Any], frame_features: FrameFeatures, models: list[KMeansModel], workers: int | None = 1,
     prepare: Callable[[Any], FeatureGroup] | None = None,
 ) -> Iterator[tuple[list[str], list[int], np.ndarray, list[np.ndarray]]]:
     """Yield ``(utterance_ids, num_samples, frame counts (n,), [labels (sum T_i,) int64 per model])``
     per computed feature group: one assignment per group and model, not split per utterance.
 
     ``prepare`` turns an item of ``groups`` into its feature group first (e.g. unpacks cached
-    cepstra); with ``workers > 1`` and a ``thread_safe`` extractor, that and the assignment run
+    cepstra); with ``workers > 1`` and a ``thread_safe`` frame_features, that and the assignment run
     on threads (`map_in_order`; None: one per torch thread), results in order."""
-    _check_models(models, extractor)
+    _check_models(models, frame_features)
 
     def label(group: Any) -> tuple[list[str], list[int], np.ndarray, list[np.ndarray]]:
         names, lengths, features = prepare(group) if prepare is not None else group
         counts = np.array([f.shape[0] for f in features], dtype=np.int64)
         for name, num_samples, count in zip(names, lengths, counts):
-            expected = extractor.num_frames(num_samples)
+            expected = frame_features.num_frames(num_samples)
             if count != expected:
                 raise ValueError(f"utterance {name}: {count} feature frames for {num_samples} samples, "
-                                 f"expected {expected} at {extractor.frame_rate} Hz")
+                                 f"expected {expected} at {frame_features.frame_rate} Hz")
         frames = concatenate_frames(features)
         where = names[0] if len(names) == 1 else f"group starting at {names[0]}"
         return names, lengths, counts, [model.predict(frames, where).cpu().numpy() for model in models]
 
-    yield from map_in_order(label, groups, usable_workers(extractor, workers))
+    yield from map_in_order(label, groups, usable_workers(frame_features, workers))
 
 
 def label_feature_groups(
-    groups: Iterable[FeatureGroup], extractor: FeatureExtractor, models: list[KMeansModel]
+    groups: Iterable[FeatureGroup], frame_features: FrameFeatures, models: list[KMeansModel]
 ) -> Iterator[tuple[str, int, list[np.ndarray]]]:
     """Yield ``(utterance_id, num_samples, [labels (T,) int64 per model])`` for computed feature groups."""
-    for names, lengths, counts, label_sets in label_groups(groups, extractor, models):
+    for names, lengths, counts, label_sets in label_groups(groups, frame_features, models):
         label_sets = [np.split(labels, np.cumsum(counts)[:-1]) for labels in label_sets]
         for index, (name, num_samples) in enumerate(zip(names, lengths)):
             yield name, num_samples, [labels[index] for labels in label_sets]
@@ -158,18 +158,18 @@ def format_label_lines(labels: np.ndarray, counts: np.ndarray) -> bytes:
 
 def iter_labels(
     utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
+    frame_features: FrameFeatures,
     models: list[KMeansModel],
     batch_seconds: float = 200.0,
 ) -> Iterator[tuple[str, int, list[np.ndarray]]]:
     """Yield ``(utterance_id, num_samples, [labels (T,) int64 per model])`` on the fly."""
-    _check_models(models, extractor)
-    yield from label_feature_groups(iter_feature_groups(utterances, extractor, batch_seconds), extractor, models)
+    _check_models(models, frame_features)
+    yield from label_feature_groups(iter_feature_groups(utterances, frame_features, batch_seconds), frame_features, models)
 
 
 def write_label_files(
     utterances: Iterable[tuple[str, np.ndarray]],
-    extractor: FeatureExtractor,
+    frame_features: FrameFeatures,
     models: list[KMeansModel],
     output_dir: str | Path,
     kmeans_paths: list[str] | None = None,
@@ -180,17 +180,17 @@ def write_label_files(
     """Assign labels streaming and write ``k{K}.km`` files, ``ids.txt`` and ``labels.json``.
 
     ``workers`` threads (None: one per torch thread) each compute and label whole groups."""
-    _check_models(models, extractor)
-    groups = audio_groups(utterances, extractor.name, batch_seconds)
-    workers = usable_workers(extractor, workers)
+    _check_models(models, frame_features)
+    groups = audio_groups(utterances, frame_features.name, batch_seconds)
+    workers = usable_workers(frame_features, workers)
     with pipeline_threads(workers):
-        return write_label_groups(groups, extractor, models, output_dir, kmeans_paths, data, workers,
-                                  prepare=lambda group: compute_feature_group(extractor, group))
+        return write_label_groups(groups, frame_features, models, output_dir, kmeans_paths, data, workers,
+                                  prepare=lambda group: compute_feature_group(frame_features, group))
 
 
 def write_label_groups(
     groups: Iterable[FeatureGroup],
-    extractor: FeatureExtractor,
+    frame_features: FrameFeatures,
     models: list[KMeansModel],
     output_dir: str | Path,
     kmeans_paths: list[str] | None = None,
@@ -202,12 +202,12 @@ def write_label_groups(
     for ``workers`` and ``prepare``)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _check_models(models, extractor)
+    _check_models(models, frame_features)
     handles = [open(output_dir / km_file_name(model.num_clusters), "wb") for model in models]
     count = frames = 0
     try:
         with open(output_dir / IDS_FILE, "w") as ids_file:
-            for names, _, counts, label_sets in label_groups(groups, extractor, models, workers, prepare):
+            for names, _, counts, label_sets in label_groups(groups, frame_features, models, workers, prepare):
                 if _WHITESPACE.search("".join(names)):
                     name = next(name for name in names if _WHITESPACE.search(name))
                     raise ValueError(f"utterance id {name!r} contains whitespace; ids.txt needs one id per line")
@@ -220,8 +220,8 @@ def write_label_groups(
         for handle in handles:
             handle.close()
     metadata = LabelMetadata(
-        label_rate=extractor.frame_rate, num_clusters=[m.num_clusters for m in models], feature=extractor.name,
-        feature_dim=extractor.dim, kmeans=list(kmeans_paths or []), num_utterances=count, num_frames=frames, data=data,
+        label_rate=frame_features.frame_rate, num_clusters=[m.num_clusters for m in models], feature=frame_features.name,
+        feature_dim=frame_features.dim, kmeans=list(kmeans_paths or []), num_utterances=count, num_frames=frames, data=data,
     )
     metadata.save(output_dir)
     logger.info("wrote labels of %d utterances (%d frames) to %s", count, frames, output_dir)

@@ -6,7 +6,7 @@ dump but computes the features twice. `fit_and_assign` does neither:
 
 1. one streaming pass computes the features group by group (`iter_feature_groups`), offers
    every group to a `FrameSampler` (the k-means sample: ``fraction`` and/or ``max_frames``)
-   and keeps the groups in a cache while it holds at most ``cache_mib`` MiB (an extractor
+   and keeps the groups in a cache while it holds at most ``cache_mib`` MiB (a frame-feature computation
    with ``pack``/``unpack`` caches a compact form: MFCC keeps the 13 cepstra and recomputes
    the deltas when labelling, which is exact and cheaper than touching 3x the memory);
 2. k-means is fitted on the sample, one model per K;
@@ -30,7 +30,7 @@ import numpy as np
 
 from .assign import LabelMetadata, write_label_groups
 from .feature_groups import (
-    FeatureExtractor,
+    FrameFeatures,
     FeatureGroup,
     audio_groups,
     compute_feature_group,
@@ -78,7 +78,7 @@ class FeatureCache:
 
 def fit_and_assign(
     data: UtteranceStream,
-    extractor: FeatureExtractor,
+    frame_features: FrameFeatures,
     ks: list[int],
     labels_dir: str | Path,
     kmeans_dir: str | Path | None = None,
@@ -97,7 +97,7 @@ def fit_and_assign(
     Args:
         data: zero-argument callable returning an iterable of ``(utterance_id, (S,) float32
             16 kHz waveform)``; called once, and a second time only if the cache overflows.
-        extractor: `MFCCFeatureExtractor` or `LayerFeatureReader` (see `make_feature_extractor`).
+        frame_features: `MFCCFrameFeatures` or `LayerFeatureReader` (see `make_frame_features`).
         ks: cluster counts, e.g. [100] or [100, 500] (an ensemble shares the sample).
         labels_dir: where ``k{K}.km``, ``ids.txt`` and ``labels.json`` go.
         kmeans_dir: if given, each model is saved to ``kmeans_dir/k{K}/``.
@@ -109,7 +109,7 @@ def fit_and_assign(
         data_spec: recorded in ``labels.json``.
         stage_seconds: if given, receives wall and CPU seconds of the three stages
             (``features_s``, ``features_cpu_s``, ``fit_s``, ``fit_cpu_s``, ``labels_s``, ``labels_cpu_s``).
-        workers: threads that compute (and later label) whole groups at once when the extractor
+        workers: threads that compute (and later label) whole groups at once when the frame-feature source
             allows it (MFCC on the CPU); None: one per torch thread. The fit itself uses torch's
             threads. Results do not depend on it.
     Returns:
@@ -122,10 +122,10 @@ def fit_and_assign(
     clock = _StageClock(stage_seconds)
     sampler = FrameSampler(fraction=fraction, max_frames=max_frames, seed=seed)
     cache = FeatureCache(limit_bytes=int(cache_mib * BYTES_PER_MIB))
-    pack = getattr(extractor, "pack", None)
-    workers = usable_workers(extractor, workers)
+    pack = getattr(frame_features, "pack", None)
+    workers = usable_workers(frame_features, workers)
     with pipeline_threads(workers):
-        for names, lengths, features in iter_feature_groups(data(), extractor, batch_seconds, workers=workers):
+        for names, lengths, features in iter_feature_groups(data(), frame_features, batch_seconds, workers=workers):
             frames = concatenate_frames(features)
             sampler.add(frames)
             if pack is not None and cache.complete:
@@ -136,7 +136,7 @@ def fit_and_assign(
     logger.info("sampled %d of %d frames for k-means", sample.shape[0], sampler.frames_seen)
     models = []
     for k in ks:
-        model = fit_kmeans(sample, k, backend=backend, seed=seed, feature=extractor.name)
+        model = fit_kmeans(sample, k, backend=backend, seed=seed, feature=frame_features.name)
         if kmeans_dir is not None:
             model.save(Path(kmeans_dir) / f"k{k}")
         models.append(model)
@@ -147,20 +147,20 @@ def fit_and_assign(
         """A cached group (unpacked if packed) or, past the cache, one computed from audio."""
         cached, group = item
         if not cached:
-            return compute_feature_group(extractor, group)
+            return compute_feature_group(frame_features, group)
         names, lengths, features = group
         if pack is None:
             return names, lengths, features
         counts = [p.shape[0] for p in features]
-        return names, lengths, list(extractor.unpack(concatenate_frames(features), counts).split(counts))
+        return names, lengths, list(frame_features.unpack(concatenate_frames(features), counts).split(counts))
 
     items: Iterable[tuple[bool, object]] = ((True, group) for group in cache.groups)
     if not cache.complete:
         rest = itertools.islice(data(), cache.num_utterances, None)
-        items = itertools.chain(items, ((False, group) for group in audio_groups(rest, extractor.name, batch_seconds)))
+        items = itertools.chain(items, ((False, group) for group in audio_groups(rest, frame_features.name, batch_seconds)))
     kmeans_paths = [str(kmeans_dir)] if kmeans_dir is not None else []
     with pipeline_threads(workers):
-        metadata = write_label_groups(items, extractor, models, labels_dir, kmeans_paths, data_spec, workers, prepare)
+        metadata = write_label_groups(items, frame_features, models, labels_dir, kmeans_paths, data_spec, workers, prepare)
     clock.lap("labels")
     return models, metadata
 

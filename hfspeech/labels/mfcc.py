@@ -309,8 +309,8 @@ def compute_mfcc(waveform: torch.Tensor | np.ndarray, config: MFCCConfig = MFCCC
     return compute_mfcc_batch([waveform], config)[0]
 
 
-class MFCCFeatureExtractor:
-    """The iteration-1 feature extractor: `compute_mfcc_batch` behind the interface that
+class MFCCFrameFeatures:
+    """The iteration-1 feature frame_features: `compute_mfcc_batch` behind the interface that
     `LayerFeatureReader` also offers (``name``, ``dim``, ``frame_rate``, ``num_frames``, ``batch``)."""
 
     def __init__(self, config: MFCCConfig = MFCCConfig(), device: torch.device | str | None = None) -> None:
