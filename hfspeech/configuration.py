@@ -205,6 +205,7 @@ class SpeechEncoderConfig(PretrainedConfig):
     """
 
     model_type = "speech_encoder"
+    keys_to_ignore_at_inference = ["sample_size"]  # Trainer: predictions are the logits alone (CTC output)
 
     def __init__(
         self,

@@ -239,7 +239,8 @@ class SpeechEncoderModel(SpeechEncoderPreTrainedModel):
 class SpeechEncoderCTCOutput(CausalLMOutput):
     """`CausalLMOutput` (``loss``, ``logits`` (B, T, vocab), ``hidden_states``) plus what the training loop
     reads: ``sample_size``, what ``loss`` sums over (1 for the batch mean of ``ctc_loss_reduction="mean"``,
-    the number of utterances for "sum")."""
+    the number of utterances for "sum"). `transformers.Trainer` leaves it out of its predictions
+    (``SpeechEncoderConfig.keys_to_ignore_at_inference``), so they stay the logits."""
 
     sample_size: torch.Tensor | None = None
 
