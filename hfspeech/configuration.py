@@ -52,6 +52,8 @@ def conv_receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
     for kernel, stride in zip(reversed(list(kernels)), reversed(list(strides))):
         field = (field - 1) * stride + kernel
     return field
+
+
 FEATURE_FRONTENDS = ("waveform", "filterbank")
 
 # Backbone shapes of the papers' model sizes.
@@ -73,42 +75,15 @@ _BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
         proj_codevector_dim=256,
         hubert_final_dim=256,
     ),
-    "base": dict(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        feat_extract_norm="group",
-        layer_norm_first=False,
-        conv_bias=False,
-        codevector_dim=256,
-        proj_codevector_dim=256,
-        hubert_final_dim=256,
-    ),
-    "large": dict(
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        feat_extract_norm="layer",
-        layer_norm_first=True,
-        conv_bias=True,
-        codevector_dim=768,
-        proj_codevector_dim=768,
-        hubert_final_dim=768,
-    ),
-    "xlarge": dict(
-        hidden_size=1280,
-        num_hidden_layers=48,
-        num_attention_heads=16,
-        intermediate_size=5120,
-        feat_extract_norm="layer",
-        layer_norm_first=True,
-        conv_bias=True,
-        codevector_dim=1024,
-        proj_codevector_dim=1024,
-        hubert_final_dim=1024,
-    ),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                 feat_extract_norm="group", layer_norm_first=False, conv_bias=False,
+                 codevector_dim=256, proj_codevector_dim=256, hubert_final_dim=256),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                  feat_extract_norm="layer", layer_norm_first=True, conv_bias=True,
+                  codevector_dim=768, proj_codevector_dim=768, hubert_final_dim=768),
+    "xlarge": dict(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16, intermediate_size=5120,
+                   feat_extract_norm="layer", layer_norm_first=True, conv_bias=True,
+                   codevector_dim=1024, proj_codevector_dim=1024, hubert_final_dim=1024),
 }
 
 # Objective-specific training settings from fairseq (base = group-norm models with the

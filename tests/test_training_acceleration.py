@@ -31,8 +31,7 @@ from hfspeech.training.pretrain_loop import run_pretraining
 INITIAL_SCALE = 2.0**14
 """Overflows the tiny model's fp16 gradients (losses are sums over frames) for a few updates."""
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from pretrain_run import global_batches  # noqa: E402
+from helpers.pretrain_run import global_batches
 
 
 def fresh_accelerator(**kwargs):
