@@ -121,7 +121,7 @@ def apply_allocator_setting(implementation: str, reuse_freed: str) -> None:
         from hfspeech.training.acceleration import reuse_freed_memory
 
         if not reuse_freed_memory():
-            raise RuntimeError("reuse_freed_memory() did not apply (no glibc, or HFSPEECH_REUSE_FREED_MEMORY=0).")
+            raise RuntimeError("reuse_freed_memory() did not apply (no glibc, or HFSPEECH_FAST_CPU=0: pass --reuse-freed-memory none).")
 
 
 def run_one(directory: Path, implementation: str, objective: str, batch: int, seconds: float, repeats: int,

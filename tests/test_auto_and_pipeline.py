@@ -33,8 +33,9 @@ from hfspeech import (
     SpeechProcessor,
 )
 from hfspeech.cli import main as cli_main
+from helpers import FIXTURES
 
-AN4 = Path(__file__).parent / "fixtures" / "an4"
+AN4 = FIXTURES / "an4"
 
 
 @pytest.fixture(scope="module")

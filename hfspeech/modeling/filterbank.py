@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..configuration import SpeechEncoderConfig
+from ..configuration import SpeechEncoderConfig, conv_output_lengths
 
 PREEMPHASIS = 0.97
 LOW_FREQUENCY_HZ = 20.0
@@ -105,8 +105,6 @@ def feature_frame_lengths(sample_lengths: torch.Tensor, config: SpeechEncoderCon
     """(B,) samples -> (B,) frames of the model's front-end (conv stack or filterbank)."""
     if config.feature_frontend == "filterbank":
         return filterbank_frames(sample_lengths, config.receptive_field, config.inputs_to_logits_ratio)
-    from .feature_encoder import conv_output_lengths
-
     return conv_output_lengths(sample_lengths, config.conv_kernel, config.conv_stride)
 
 

@@ -5,7 +5,7 @@ The modeling code is written plainly (``nn.Conv1d``, ``F.gelu``, ``F.linear``, `
 work here instead. Each path computes the plain module's values and gradients (to float32
 rounding; dropout masks are drawn differently, with the same distribution), keeps its
 parameters and state-dict keys, and is tested against the plain module
-(``tests/test_fast_cpu.py``):
+(``tests/modeling/test_fast_cpu.py``):
 
 =========================  =====================================================  =================================
 path                       what it does                                          used by

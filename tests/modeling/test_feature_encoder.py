@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hfspeech.configuration import SpeechEncoderConfig
 from hfspeech.modeling.fast_cpu import conv as fast_conv
