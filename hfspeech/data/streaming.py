@@ -50,6 +50,8 @@ class StreamingBucketBatcher(torch.utils.data.IterableDataset):
         max_batch_size: optional cap on examples per batch.
         drop_too_long: drop (count and log) examples longer than ``max_seconds`` instead
             of raising.
+        duration_key: the example field the budget counts (default ``duration``; pretraining
+            passes the cropped, speed-perturbed length it will pad to).
         skipped: the report of items a ``skip_bad=True`` source skips; default: the one
             ``dataset`` fills (:func:`hfspeech.data.skipped_items`). It is logged in one summary
             at the end of every epoch (of this process / DataLoader worker) and stays
@@ -68,6 +70,7 @@ class StreamingBucketBatcher(torch.utils.data.IterableDataset):
         max_batch_size: int | None = None,
         drop_too_long: bool = False,
         skipped: SkippedItems | None = None,
+        duration_key: str = "duration",
     ) -> None:
         if max_seconds <= 0 or buffer_size < 1:
             raise ValueError(f"need max_seconds > 0 and buffer_size ≥ 1, got {max_seconds}, {buffer_size}")
@@ -90,6 +93,7 @@ class StreamingBucketBatcher(torch.utils.data.IterableDataset):
         self.rank = rank
         self.max_batch_size = max_batch_size
         self.drop_too_long = drop_too_long
+        self.duration_key = duration_key
         self.epoch = 0
         self._start = 0
         self.dropped_too_long = 0
@@ -103,7 +107,7 @@ class StreamingBucketBatcher(torch.utils.data.IterableDataset):
             self.dataset.set_epoch(epoch)
 
     def _flush(self, buffer: list[dict], rng: np.random.RandomState) -> list[list[dict]]:
-        durations = np.array([example["duration"] for example in buffer], dtype=np.float64)
+        durations = np.array([example[self.duration_key] for example in buffer], dtype=np.float64)
         order = np.argsort(durations, kind="stable")
         batches = pack_by_duration(order, durations, self.max_seconds, self.max_batch_size)
         return [[buffer[i] for i in batches[j]] for j in rng.permutation(len(batches))]
@@ -112,7 +116,7 @@ class StreamingBucketBatcher(torch.utils.data.IterableDataset):
         rng = np.random.RandomState(self.seed + self.epoch)
         buffer: list[dict] = []
         for example in self.dataset:
-            duration = float(example["duration"])
+            duration = float(example[self.duration_key])
             if duration > self.max_seconds:
                 if not self.drop_too_long:
                     raise ValueError(

@@ -41,6 +41,10 @@ class PretrainingArguments:
     labels: str = field(default="", metadata={"help": "HuBERT: labels directory written by `hfspeech labels assign`"})
     dev_data: str = field(default="", metadata={"help": "held-out audio on which the objective is scored every eval_steps"})
     dev_labels: str = field(default="", metadata={"help": "HuBERT: labels of dev_data (the same k-means as labels)"})
+    streaming: bool = field(default=False, metadata={"help": (
+        "stream train_data (datasets IterableDataset: Hub shards decoded lazily) through a bounded shuffle "
+        "buffer and duration buckets (StreamingBucketBatcher) instead of indexing it; resume replays the epoch")})
+    streaming_buffer: int = field(default=1000, metadata={"help": "streaming: examples bucketed (and shuffled) at once"})
     eval_steps: int = 500
     verify_data: bool = field(default=False, metadata={"help": VERIFY_DATA_HELP})
     max_batch_seconds: float = field(default=87.5, metadata={"help": "audio seconds per micro-batch (fairseq max_tokens 1.4M / 16 kHz)"})
@@ -171,8 +175,9 @@ def _typed(key: str, value: Any, annotation: Any) -> Any:
     raise ValueError(f"{key}: expected {kind.__name__}, got {value!r} ({type(value).__name__}).")
 
 
-def load_sources(specs: str, split: str = ""):
-    """`hfspeech.data.load_source` for each comma-separated spec, concatenated into one dataset."""
+def load_sources(specs: str, split: str = "", streaming: bool = False):
+    """`hfspeech.data.load_source` for each comma-separated spec, concatenated into one dataset
+    (an ``IterableDataset`` with ``streaming``)."""
     import datasets
 
     from ..data import load_source
@@ -181,7 +186,7 @@ def load_sources(specs: str, split: str = ""):
     parts = [spec.strip() for spec in specs.split(",") if spec.strip()]
     if not parts:
         raise ValueError("No data source given: set train_data (a path or librispeech:CONFIG/SPLIT).")
-    loaded = [load_source(spec, split=split or None) for spec in parts]
+    loaded = [load_source(spec, split=split or None, streaming=streaming) for spec in parts]
     if len(loaded) == 1:
         return loaded[0]
     if all(isinstance(part, datasets.Dataset) for part in loaded):

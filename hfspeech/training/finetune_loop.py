@@ -235,7 +235,9 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     def batches_for_epoch(epoch: int):
         sampler.set_epoch(epoch)
         speed.generator.manual_seed(args.seed * 10_007 + epoch)  # speeds replay on resume
-        return iter(DataLoader(train, batch_sampler=sampler, collate_fn=collator))
+        # the loader's own generator: reopening the data on resume leaves the restored global RNG alone
+        return iter(DataLoader(train, batch_sampler=sampler, collate_fn=collator,
+                               generator=torch.Generator().manual_seed(args.seed * 10_009 + epoch)))
 
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, (0.9, 0.98), 1e-8)
     scheduler = build_scheduler(optimizer, "tri_stage", args.max_steps, phase_ratios=args.lr_phase_ratios,

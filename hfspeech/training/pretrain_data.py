@@ -11,20 +11,17 @@ from torch.utils.data import DataLoader
 
 from ..configuration import SpeechEncoderConfig
 from ..data.augmentation import SpeedPerturbation
-from ..data import DurationBucketBatchSampler, HubertCollator, PretrainingCollator, drop_short_utterances, verify_sources
+from ..data import (DurationBucketBatchSampler, HubertCollator, PretrainingCollator, StreamingBucketBatcher,
+                    drop_short_utterances, verify_sources)
 from .arguments import PretrainingArguments, load_sources
 from .engine import BatchFactory
 
 logger = logging.getLogger(__name__)
 
 
-def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
-    """Add a ``labels`` column (one int list per label set) from an `hfspeech labels assign` directory.
-
-    Refuses labels whose rate or cluster counts disagree with the model's config, and
-    utterances that have no labels (named in the error).
-    """
-    from ..data.records import add_column_keeping_audio_encoded
+def _read_labels(labels_dir: str, config: SpeechEncoderConfig):
+    """(label rate, utterance id -> one int list per label set) of an `hfspeech labels assign` directory,
+    refusing labels whose rate or cluster counts disagree with the model's config."""
     from ..labels.assign import read_label_directory
 
     metadata, ids, label_sets = read_label_directory(labels_dir)
@@ -38,15 +35,39 @@ def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
             f"{labels_dir}: label sets with K={metadata.num_clusters} but the model predicts "
             f"K={config.hubert_num_clusters}; set model_overrides.hubert_num_clusters={metadata.num_clusters}."
         )
-    position = {utterance_id: index for index, utterance_id in enumerate(ids)}
+    labels = {utterance_id: [label_sets[k][index].tolist() for k in metadata.num_clusters]
+              for index, utterance_id in enumerate(ids)}
+    return metadata.label_rate, labels
+
+
+def _no_labels_error(missing: list[str], labels_dir: str) -> ValueError:
+    return ValueError(f"{len(missing)} utterance(s) have no labels in {labels_dir} (e.g. {missing[:5]}); "
+                      "assign labels for this exact data source.")
+
+
+def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
+    """Add a ``labels`` column (one int list per label set) from an `hfspeech labels assign` directory.
+
+    Refuses labels whose rate or cluster counts disagree with the model's config, and
+    utterances that have no labels (named in the error). A streamed dataset gets the column lazily
+    (an utterance without labels stops the run when it is read).
+    """
+    from ..data.records import add_column_keeping_audio_encoded
+
+    label_rate, labels = _read_labels(labels_dir, config)
+    if not hasattr(dataset, "__len__"):  # streaming
+        def add(example: dict) -> dict:
+            if example["id"] not in labels:
+                raise _no_labels_error([example["id"]], labels_dir)
+            return {"labels": labels[example["id"]]}
+
+        return dataset.map(add), label_rate
     dataset_ids = dataset.with_format(None)["id"]  # plain column: no audio decoding
-    missing = [utterance_id for utterance_id in dataset_ids if utterance_id not in position]
+    missing = [utterance_id for utterance_id in dataset_ids if utterance_id not in labels]
     if missing:
-        raise ValueError(f"{len(missing)} utterance(s) have no labels in {labels_dir} (e.g. {missing[:5]}); "
-                         "assign labels for this exact data source.")
-    column = [[label_sets[k][position[utterance_id]].tolist() for k in metadata.num_clusters]
-              for utterance_id in dataset_ids]
-    return add_column_keeping_audio_encoded(dataset, "labels", column), metadata.label_rate
+        raise _no_labels_error(missing, labels_dir)
+    column = [labels[utterance_id] for utterance_id in dataset_ids]
+    return add_column_keeping_audio_encoded(dataset, "labels", column), label_rate
 
 
 def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderConfig, num_processes: int = 1,
@@ -54,15 +75,18 @@ def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderC
     """Return ``batches_for_epoch`` for `run_pretraining` and a summary of the data used.
 
     With ``args.verify_data`` every audio file is decoded once first; a bad one stops the run here,
-    before the first update, with the list of all of them.
+    before the first update, with the list of all of them. With ``args.streaming`` the source is
+    streamed (`StreamingBucketBatcher`: a shuffle buffer, then duration buckets of
+    ``streaming_buffer`` examples; ranks read disjoint shards); otherwise it is indexed and bucketed
+    whole (`DurationBucketBatchSampler`).
     """
     if args.verify_data:
         verify_sources(args.train_data, args.train_split)
-    dataset = load_sources(args.train_data, args.train_split)
+    dataset = load_sources(args.train_data, args.train_split, streaming=args.streaming)
     dataset, dropped = drop_short_utterances(dataset, min_samples=int(args.min_sample_seconds * 16000))
     if dropped:
         logger.warning("Dropped %d utterance(s) shorter than %.2f s (min_sample_seconds).", dropped, args.min_sample_seconds)
-    if len(dataset) == 0:
+    if not args.streaming and len(dataset) == 0:
         raise ValueError(f"{args.train_data}: no utterance is at least {args.min_sample_seconds} s long; "
                          "lower min_sample_seconds or add data.")
     max_samples = int(args.max_sample_seconds * 16000)
@@ -77,16 +101,35 @@ def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderC
     else:
         collator = PretrainingCollator(max_samples=max_samples, crop_to_shortest=True, normalize=True, generator=generator,
                                        speed=speed)
+
+    def loader_generator(epoch: int) -> torch.Generator:
+        # a DataLoader draws its base seed from this, not from the global RNG: opening the data again on
+        # resume must not shift the dropout draws restored from the checkpoint
+        return torch.Generator().manual_seed(args.seed * 10_009 + epoch)
+
+    def padded_seconds(duration):  # batches are budgeted for the slowest (longest) speed factor, crops included
+        return np.minimum(np.asarray(duration, dtype=np.float64) / speed.slowest, args.max_sample_seconds)
+
+    if args.streaming:
+        stream = dataset.map(lambda example: {"budget_seconds": float(padded_seconds(example["duration"]))})
+        batcher = StreamingBucketBatcher(stream, args.max_batch_seconds, buffer_size=args.streaming_buffer,
+                                         shuffle_buffer=args.streaming_buffer, seed=args.seed,
+                                         num_replicas=num_processes, rank=process_index, duration_key="budget_seconds")
+
+        def batches_for_epoch(epoch: int):
+            batcher.set_epoch(epoch)
+            generator.manual_seed(args.seed * 10_007 + epoch * 101 + process_index)  # crops replay on resume
+            return iter(DataLoader(batcher, batch_size=None, collate_fn=collator, generator=loader_generator(epoch)))
+
+        return batches_for_epoch, {"streaming": True, "buffer": args.streaming_buffer}
     table = dataset.with_format(None)  # plain columns: reading them through the decoding transform decodes audio
-    # batches are budgeted for the slowest (longest) speed factor, crops included
-    durations = np.minimum(np.asarray(table["duration"], dtype=np.float64) / speed.slowest, args.max_sample_seconds)
-    sampler = DurationBucketBatchSampler(durations, args.max_batch_seconds, seed=args.seed, num_replicas=num_processes,
-                                         rank=process_index, ids=table["id"])
+    sampler = DurationBucketBatchSampler(padded_seconds(table["duration"]), args.max_batch_seconds, seed=args.seed,
+                                         num_replicas=num_processes, rank=process_index, ids=table["id"])
 
     def batches_for_epoch(epoch: int):
         sampler.set_epoch(epoch)
         generator.manual_seed(args.seed * 10_007 + epoch * 101 + process_index)  # crops replay on resume
-        return iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collator))
+        return iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, generator=loader_generator(epoch)))
 
     summary = {"utterances": len(dataset), "hours": float(np.sum(table["duration"])) / 3600,
                "dropped_short": int(dropped or 0), "batches_per_epoch": len(sampler)}
@@ -110,7 +153,7 @@ def build_dev_batches(args: PretrainingArguments, config: SpeechEncoderConfig, n
         raise ValueError("dev_data for HuBERT needs dev_labels: assign labels to the dev audio with the same k-means "
                          "(`hfspeech labels assign KMEANS DEV_DATA DEV_LABELS`).")
     dev_args = dataclasses.replace(args, train_data=args.dev_data, train_split="", labels=args.dev_labels,
-                                   speed_perturbation=[], verify_data=False, seed=0)
+                                   speed_perturbation=[], verify_data=False, seed=0, streaming=False)
     batches, summary = build_pretraining_batches(dev_args, config, num_processes, process_index)
     if config.objective == "hubert":
         from ..labels.assign import read_label_directory
