@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every update count")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pnmi-sentences", type=int, default=40)
+    parser.add_argument("--corpora", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES),
+                        help="the corpus recipes to run (default: both)")
     parser.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "reproduce",
                         help="where the report (report.md + plots) goes")
     parser.add_argument("--finished", action="store_true",
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     summary: dict = {"scale": args.scale, "corpora": {}}
     for name, recipe_file in RECIPES.items():
+        if name not in args.corpora:
+            continue
         results = (finished_stages(recipe_file, args.data) if args.finished
                    else run_recipe(recipe_file, args.data, scale=args.scale))
         if not results:
