@@ -10,6 +10,7 @@ With ``skip_bad=True`` bad items are skipped into a ``SkippedItems`` report
 """
 
 from .audio import TARGET_SAMPLE_RATE, AudioInfo, decode_audio, probe_audio
+from .batch_seeds import BatchSeeds
 from .batching import DurationBucketBatchSampler, pack_by_duration, padding_fraction
 from .collators import CTCCollator, HubertCollator, PretrainingCollator, normalize_waveform, pad_labels, pad_waveforms
 from .cropping import FAIRSEQ_MAX_SAMPLES, FAIRSEQ_MIN_SAMPLES, crop_windows, drop_short_utterances
@@ -31,7 +32,7 @@ from .verification import find_bad_audio, verify_sources
 
 __all__ = [
     "CTC_ALPHABET", "CTC_VOCABULARY", "FAIRSEQ_MAX_SAMPLES", "FAIRSEQ_MIN_SAMPLES", "HUB_SPLITS", "LIBRILIGHT_SUBSETS",
-    "TARGET_SAMPLE_RATE", "AudioInfo", "BadItem", "CTCCollator", "DurationBucketBatchSampler",
+    "TARGET_SAMPLE_RATE", "AudioInfo", "BadItem", "BatchSeeds", "CTCCollator", "DurationBucketBatchSampler",
     "HubertCollator", "OutOfVocabularyReport", "PretrainingCollator", "SkippedItems",
     "StreamingBucketBatcher", "TextNormalizer", "crop_windows", "decode_audio", "detect_source_kind",
     "drop_short_utterances", "find_bad_audio", "load_audio_directory", "load_audiofolder", "load_librilight_limited",

@@ -78,9 +78,9 @@ class SpeedPerturbation:
         """The largest factor (the shortest output: fewest frames for CTC)."""
         return max(self.factors)
 
-    def draw(self, count: int) -> list[float]:
-        """``count`` factors, one per utterance of a batch."""
+    def draw(self, count: int, generator: torch.Generator | None = None) -> list[float]:
+        """``count`` factors, one per utterance of a batch, from ``generator`` (default: this object's)."""
         if not self.active:
             return [1.0] * count
-        choices = torch.randint(len(self.factors), (count,), generator=self.generator)
+        choices = torch.randint(len(self.factors), (count,), generator=generator or self.generator)
         return [self.factors[int(choice)] for choice in choices]

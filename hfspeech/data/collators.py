@@ -15,6 +15,10 @@ delegated to a ``feature_extractor`` callable when one is given.
 
 With ``speed`` (a `SpeedPerturbation`), each waveform is first resampled to a randomly drawn
 speed (Kaldi's 0.9/1.0/1.1 augmentation); HuBERT labels are stretched with it.
+
+Random crops and speed factors come from ``generator``: a shared ``torch.Generator``, or a
+`BatchSeeds` (what the training loops use) that seeds each batch from its utterance ids, so the
+draws do not depend on the DataLoader worker that collates the batch.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 
 from .audio import TARGET_SAMPLE_RATE
 from .augmentation import SpeedPerturbation, speed_perturb, stretch_labels
+from .batch_seeds import BatchSeeds, batch_generator
 from .cropping import FAIRSEQ_MAX_SAMPLES, crop_windows
 from .text import TextNormalizer
 
@@ -112,6 +117,7 @@ class CTCCollator:
             (its errors then name the example's ``id``).
         pad_to_multiple_of: pad the sample axis to a multiple of this.
         speed: optional `SpeedPerturbation` applied to each waveform first (training only).
+        generator: where the speed factors are drawn from (default: ``speed``'s own generator).
     """
 
     def __init__(
@@ -122,8 +128,10 @@ class CTCCollator:
         text_normalizer: Callable[[str], str] | None = None,
         pad_to_multiple_of: int | None = None,
         speed: SpeedPerturbation | None = None,
+        generator: torch.Generator | BatchSeeds | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.generator = generator
         self.feature_extractor = feature_extractor
         self.normalize = normalize
         self.text_normalizer = text_normalizer
@@ -153,7 +161,8 @@ class CTCCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         waveforms = _waveforms(examples)
         if self.speed is not None and self.speed.active:
-            waveforms = [speed_perturb(w, f) for w, f in zip(waveforms, self.speed.draw(len(waveforms)))]
+            factors = self.speed.draw(len(waveforms), batch_generator(self.generator, examples))
+            waveforms = [speed_perturb(w, f) for w, f in zip(waveforms, factors)]
         if self.feature_extractor is not None:
             options: dict[str, Any] = {"sampling_rate": TARGET_SAMPLE_RATE, "padding": True,
                                        "return_attention_mask": True, "return_tensors": "pt"}
@@ -182,7 +191,8 @@ class PretrainingCollator:
             ``pad=False``); otherwise only over-long waveforms are cropped and the rest padded.
         normalize: per-utterance normalisation, applied to the full waveform before cropping
             (as fairseq does).
-        generator: torch generator for crop starts (seeded for reproducible runs).
+        generator: crop starts and speed factors come from it: a ``torch.Generator`` or a
+            `BatchSeeds` (one generator per batch; see the module docstring).
         speed: optional `SpeedPerturbation`, applied to each whole waveform before cropping.
     """
 
@@ -191,7 +201,7 @@ class PretrainingCollator:
         max_samples: int | None = FAIRSEQ_MAX_SAMPLES,
         crop_to_shortest: bool = True,
         normalize: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | BatchSeeds | None = None,
         speed: SpeedPerturbation | None = None,
     ) -> None:
         self.max_samples = max_samples
@@ -200,22 +210,22 @@ class PretrainingCollator:
         self.generator = generator
         self.speed = speed
 
-    def _speeds(self, count: int) -> list[float]:
-        return self.speed.draw(count) if self.speed is not None else [1.0] * count
+    def _speeds(self, count: int, generator: torch.Generator | None) -> list[float]:
+        return self.speed.draw(count, generator) if self.speed is not None else [1.0] * count
 
-    def _crop(self, examples: Sequence[Mapping[str, Any]], speeds: Sequence[float] | None = None,
-              ) -> tuple[list[np.ndarray], list[int], list[int]]:
+    def _crop(self, examples: Sequence[Mapping[str, Any]], generator: torch.Generator | None,
+              speeds: Sequence[float] | None = None) -> tuple[list[np.ndarray], list[int], list[int]]:
         waveforms = _waveforms(examples)
-        speeds = self._speeds(len(waveforms)) if speeds is None else speeds
+        speeds = self._speeds(len(waveforms), generator) if speeds is None else speeds
         waveforms = [speed_perturb(w, f) for w, f in zip(waveforms, speeds)]
         if self.normalize:
             waveforms = [normalize_waveform(w) for w in waveforms]
-        starts, sizes = crop_windows([len(w) for w in waveforms], self.max_samples, self.crop_to_shortest, self.generator)
+        starts, sizes = crop_windows([len(w) for w in waveforms], self.max_samples, self.crop_to_shortest, generator)
         cropped = [w[s : s + n] for w, s, n in zip(waveforms, starts, sizes)]
         return cropped, starts, sizes
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        cropped, _, _ = self._crop(examples)
+        cropped, _, _ = self._crop(examples, batch_generator(self.generator, examples))
         values, mask = pad_waveforms(cropped)
         return {"input_values": values, "attention_mask": mask}
 
@@ -242,7 +252,7 @@ class HubertCollator(PretrainingCollator):
         max_samples: int | None = FAIRSEQ_MAX_SAMPLES,
         crop_to_shortest: bool = True,
         normalize: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | BatchSeeds | None = None,
         duration_tolerance: float = 0.1,
         speed: SpeedPerturbation | None = None,
     ) -> None:
@@ -275,9 +285,10 @@ class HubertCollator(PretrainingCollator):
                         f"{len(label_set) / rate:.3f} s but the audio lasts {seconds:.3f} s; labels and audio "
                         "are misaligned (wrong label_rate or stale targets)"
                     )
-        speeds = self._speeds(len(examples))
+        generator = batch_generator(self.generator, examples)
+        speeds = self._speeds(len(examples), generator)
         label_sets = [[stretch_labels(label_set, f) for label_set in sets] for sets, f in zip(label_sets, speeds)]
-        cropped, starts, sizes = self._crop(examples, speeds)
+        cropped, starts, sizes = self._crop(examples, generator, speeds)
         values, mask = pad_waveforms(cropped)
         labels = []
         for set_index, rate in enumerate(rates):

@@ -24,6 +24,9 @@ MIXED_PRECISION_HELP = ("no, bf16 or fp16 (fp16 scales the loss with a GradScale
 TORCH_COMPILE_HELP = "torch.compile the model (after loading weights, before accelerate's prepare)"
 VERIFY_DATA_HELP = ("decode every audio file of the data once before the first update (in parallel; see "
                     "hfspeech.data.verification) and stop with the list of corrupt, empty or undecodable files")
+DATALOADER_WORKERS_HELP = ("processes decoding and collating batches beside training (0: in the training process); "
+                           "crops and speed factors do not depend on it (hfspeech.data.BatchSeeds)")
+PIN_MEMORY_HELP = "page-locked batches for faster host-to-GPU copies (used only when training on a GPU)"
 TORCH_COMPILE_BACKEND_HELP = ("torch.compile backend: inductor (generated kernels; minutes of compilation on a CPU), "
                               "aot_eager or eager (trace only, for checking a model compiles)")
 
@@ -45,6 +48,8 @@ class PretrainingArguments:
         "stream train_data (datasets IterableDataset: Hub shards decoded lazily) through a bounded shuffle "
         "buffer and duration buckets (StreamingBucketBatcher) instead of indexing it; resume replays the epoch")})
     streaming_buffer: int = field(default=1000, metadata={"help": "streaming: examples bucketed (and shuffled) at once"})
+    dataloader_num_workers: int = field(default=0, metadata={"help": DATALOADER_WORKERS_HELP})
+    dataloader_pin_memory: bool = field(default=True, metadata={"help": PIN_MEMORY_HELP})
     eval_steps: int = 500
     verify_data: bool = field(default=False, metadata={"help": VERIFY_DATA_HELP})
     max_batch_seconds: float = field(default=87.5, metadata={"help": "audio seconds per micro-batch (fairseq max_tokens 1.4M / 16 kHz)"})
@@ -89,6 +94,8 @@ class FinetuningArguments:
     dev_data: str = ""
     dev_split: str = ""
     verify_data: bool = field(default=False, metadata={"help": VERIFY_DATA_HELP})
+    dataloader_num_workers: int = field(default=0, metadata={"help": DATALOADER_WORKERS_HELP})
+    dataloader_pin_memory: bool = field(default=True, metadata={"help": PIN_MEMORY_HELP})
     tokenizer: str = field(default="", metadata={"help": (
         "directory with a CTC tokenizer (vocab.json) to use, e.g. to share one alphabet across runs; "
         "default: the model directory's, else one built from the training transcripts")})

@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from torch.utils.data import DataLoader
 
 from ..configuration import PRESET_NAMES, SpeechEncoderConfig
-from ..data import (CTCCollator, DurationBucketBatchSampler, TextNormalizer, normalize_waveform, pad_waveforms,
+from ..data import (BatchSeeds, CTCCollator, DurationBucketBatchSampler, TextNormalizer, normalize_waveform, pad_waveforms,
                     verify_sources)
 from ..data.augmentation import SpeedPerturbation
 from ..modeling.models import SpeechEncoderForCTC
@@ -34,6 +33,7 @@ from .arguments import FinetuningArguments, load_sources
 from .averaging import BestCheckpoints
 from .checkpoints import write_directory_atomically
 from .engine import TrainingLoop, build_optimizer
+from .loaders import open_loader
 from .schedules import build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -212,11 +212,13 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     freeze_encoder, freeze_transformer_steps = freezing(args, model)
     if freeze_encoder:
         model.freeze_feature_encoder()
-    speed = SpeedPerturbation(args.speed_perturbation, torch.Generator())
+    speed = SpeedPerturbation(args.speed_perturbation)
     train, unalignable = drop_unalignable(train, transcripts, tokenizer, model, speed.fastest)
     if len(train) == 0:
         raise ValueError(f"{args.train_data}: no training utterance is long enough for its transcript.")
-    collator = CTCCollator(tokenizer=tokenizer, feature_extractor=None, text_normalizer=normalizer, speed=speed)
+    seeds = BatchSeeds(args.seed)  # speed factors, per batch: the same whatever worker collates it
+    collator = CTCCollator(tokenizer=tokenizer, feature_extractor=None, text_normalizer=normalizer, speed=speed,
+                           generator=seeds)
     # batches are budgeted for the slowest (longest) speed factor
     sampler = DurationBucketBatchSampler(
         np.asarray(_column(train, "duration")) / speed.slowest, args.max_batch_seconds, seed=args.seed,
@@ -234,10 +236,9 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
 
     def batches_for_epoch(epoch: int):
         sampler.set_epoch(epoch)
-        speed.generator.manual_seed(args.seed * 10_007 + epoch)  # speeds replay on resume
-        # the loader's own generator: reopening the data on resume leaves the restored global RNG alone
-        return iter(DataLoader(train, batch_sampler=sampler, collate_fn=collator,
-                               generator=torch.Generator().manual_seed(args.seed * 10_009 + epoch)))
+        seeds.set_epoch(epoch)
+        return iter(open_loader(train, collator, args.seed * 10_009 + epoch, args.dataloader_num_workers,
+                                args.dataloader_pin_memory, sampler))
 
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, (0.9, 0.98), 1e-8)
     scheduler = build_scheduler(optimizer, "tri_stage", args.max_steps, phase_ratios=args.lr_phase_ratios,

@@ -6,15 +6,14 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from ..configuration import SpeechEncoderConfig
 from ..data.augmentation import SpeedPerturbation
-from ..data import (DurationBucketBatchSampler, HubertCollator, PretrainingCollator, StreamingBucketBatcher,
+from ..data import (BatchSeeds, DurationBucketBatchSampler, HubertCollator, PretrainingCollator, StreamingBucketBatcher,
                     drop_short_utterances, verify_sources)
 from .arguments import PretrainingArguments, load_sources
 from .engine import BatchFactory
+from .loaders import open_loader
 
 logger = logging.getLogger(__name__)
 
@@ -90,22 +89,22 @@ def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderC
         raise ValueError(f"{args.train_data}: no utterance is at least {args.min_sample_seconds} s long; "
                          "lower min_sample_seconds or add data.")
     max_samples = int(args.max_sample_seconds * 16000)
-    generator = torch.Generator()  # crops and speed factors; re-seeded every epoch
-    speed = SpeedPerturbation(args.speed_perturbation, generator)
+    seeds = BatchSeeds(args.seed)  # crops and speed factors, per batch: the same whatever worker collates it
+    speed = SpeedPerturbation(args.speed_perturbation)
     if config.objective == "hubert":
         if not args.labels:
             raise ValueError("HuBERT pretraining needs `labels`: a directory written by `hfspeech labels assign`.")
         dataset, label_rate = attach_labels(dataset, args.labels, config)
         collator = HubertCollator(label_rates=label_rate, max_samples=max_samples, crop_to_shortest=True,
-                                  normalize=True, generator=generator, speed=speed)
+                                  normalize=True, generator=seeds, speed=speed)
     else:
-        collator = PretrainingCollator(max_samples=max_samples, crop_to_shortest=True, normalize=True, generator=generator,
+        collator = PretrainingCollator(max_samples=max_samples, crop_to_shortest=True, normalize=True, generator=seeds,
                                        speed=speed)
 
-    def loader_generator(epoch: int) -> torch.Generator:
-        # a DataLoader draws its base seed from this, not from the global RNG: opening the data again on
-        # resume must not shift the dropout draws restored from the checkpoint
-        return torch.Generator().manual_seed(args.seed * 10_009 + epoch)
+    def loader(data, epoch: int, batch_sampler=None):
+        seeds.set_epoch(epoch)
+        return iter(open_loader(data, collator, args.seed * 10_009 + epoch, args.dataloader_num_workers,
+                                args.dataloader_pin_memory, batch_sampler))
 
     def padded_seconds(duration):  # batches are budgeted for the slowest (longest) speed factor, crops included
         return np.minimum(np.asarray(duration, dtype=np.float64) / speed.slowest, args.max_sample_seconds)
@@ -118,8 +117,7 @@ def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderC
 
         def batches_for_epoch(epoch: int):
             batcher.set_epoch(epoch)
-            generator.manual_seed(args.seed * 10_007 + epoch * 101 + process_index)  # crops replay on resume
-            return iter(DataLoader(batcher, batch_size=None, collate_fn=collator, generator=loader_generator(epoch)))
+            return loader(batcher, epoch)
 
         return batches_for_epoch, {"streaming": True, "buffer": args.streaming_buffer}
     table = dataset.with_format(None)  # plain columns: reading them through the decoding transform decodes audio
@@ -128,8 +126,7 @@ def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderC
 
     def batches_for_epoch(epoch: int):
         sampler.set_epoch(epoch)
-        generator.manual_seed(args.seed * 10_007 + epoch * 101 + process_index)  # crops replay on resume
-        return iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, generator=loader_generator(epoch)))
+        return loader(dataset, epoch, sampler)
 
     summary = {"utterances": len(dataset), "hours": float(np.sum(table["duration"])) / 3600,
                "dropped_short": int(dropped or 0), "batches_per_epoch": len(sampler)}
