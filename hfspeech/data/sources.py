@@ -32,8 +32,8 @@ HUB_PREFIX = "librispeech:"
 
 
 def detect_source_kind(spec: str) -> str:
-    """Name the kind of ``spec``: ``hub``, ``librilight``, ``librispeech``, ``audiofolder``,
-    ``manifest`` or ``directory``.
+    """Name the kind of ``spec``: ``hub``, ``parquet`` (a directory of parquet shards in the Hub schema),
+    ``librilight``, ``librispeech``, ``audiofolder``, ``manifest`` or ``directory``.
 
     Raises:
         FileNotFoundError: ``spec`` is neither a Hub spec nor an existing path.
@@ -52,9 +52,16 @@ def detect_source_kind(spec: str) -> str:
         return "librilight"
     if (path / "metadata.csv").is_file():
         return "audiofolder"
+    if parquet_shards(path):
+        return "parquet"
     if is_librispeech_dir(path):
         return "librispeech"
     return "directory"
+
+
+def parquet_shards(directory: Path) -> list[str]:
+    """The ``*.parquet`` files under ``directory`` (a local mirror of ``openslr/librispeech_asr``), sorted."""
+    return sorted(str(shard) for shard in directory.rglob("*.parquet"))
 
 
 def load_source(
@@ -68,7 +75,7 @@ def load_source(
 
     Args:
         spec: ``librispeech:CONFIG/SPLIT`` (Hub ``openslr/librispeech_asr``) or a path:
-            a LibriSpeech native directory, a Libri-light ``librispeech_finetuning``
+            a directory of parquet shards in that Hub schema (a local mirror), a LibriSpeech native directory, a Libri-light ``librispeech_finetuning``
             directory, an ``audiofolder`` directory (``metadata.csv``), a plain directory
             of audio files, or a ``.tsv``/``.csv`` manifest.
         split: LibriSpeech split folder (``train-clean-100`` or ``train.clean.100``) or
@@ -99,6 +106,11 @@ def load_source(
             raise ValueError(f"{spec!r}: the Hub spec already names the split; drop split={split!r}")
         config, hub_split = parse_hub_spec(spec)
         return load_librispeech_hub(config, hub_split, streaming=streaming, skip_bad=skip_bad, **kwargs)
+    if kind == "parquet":
+        if split is not None:
+            raise ValueError(f"{spec}: a directory of parquet shards is one split; drop split={split!r}")
+        return load_librispeech_hub("local", Path(spec).name, streaming=streaming, skip_bad=skip_bad,
+                                    data_files=parquet_shards(Path(spec)), **kwargs)
     if kind == "librispeech":
         return load_librispeech_local(spec, split=split, streaming=streaming, skip_bad=skip_bad, **kwargs)
     if kind == "librilight":

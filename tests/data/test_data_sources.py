@@ -203,6 +203,9 @@ def test_hub_schema_from_local_parquet_shards(tmp_path, streaming):
     dataset = load_source("librispeech:clean/train.100", streaming=streaming, data_files=shards)
     examples = {e["id"]: e for e in dataset}
     assert sorted(examples) == sorted(transcripts())
+    # the directory of shards is a source of its own (what train_data can name)
+    assert detect_source_kind(str(tmp_path)) == "parquet"
+    assert sorted(e["id"] for e in load_source(str(tmp_path), streaming=streaming)) == sorted(transcripts())
     for utterance, example in examples.items():
         reference, _ = soundfile.read(CHAPTER / f"{utterance}.flac", dtype="float32")
         np.testing.assert_allclose(example["audio"], reference, atol=1e-6)
