@@ -27,6 +27,7 @@ from hfspeech.data import (
     PretrainingCollator,
     load_source,
     padding_fraction,
+    plain_column,
 )
 
 SOURCES = {
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     all_files = []
     for name, folder in SOURCES.items():
         dataset = load_source(str(data / folder))
-        durations = np.asarray(dataset["duration"])
+        durations = np.asarray(plain_column(dataset, "duration"))
         sampler = DurationBucketBatchSampler(durations, args.max_seconds, args.num_buckets, seed=args.seed)
         batches = sampler.global_batches()
         plain = plain_batches(len(durations), math.ceil(len(durations) / len(batches)), args.seed)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = Path(folder) / "all.tsv"
         manifest.write_text("path\n" + "\n".join(all_files) + "\n")
         dataset = load_source(str(manifest))
-        durations = np.asarray(dataset["duration"])
+        durations = np.asarray(plain_column(dataset, "duration"))
         sampler = DurationBucketBatchSampler(durations, args.max_seconds, args.num_buckets, seed=args.seed)
         batch_size = math.ceil(len(durations) / len(sampler))
         plain = plain_batches(len(durations), batch_size, args.seed)

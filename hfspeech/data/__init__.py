@@ -24,6 +24,7 @@ from .librispeech import (
 )
 from .folders import load_audio_directory, load_audiofolder
 from .manifests import load_manifest
+from .records import plain_column
 from .skipped import BadItem, SkippedItems, skipped_items
 from .sources import detect_source_kind, load_source
 from .streaming import StreamingBucketBatcher
@@ -37,6 +38,6 @@ __all__ = [
     "StreamingBucketBatcher", "TextNormalizer", "crop_windows", "decode_audio", "detect_source_kind",
     "drop_short_utterances", "find_bad_audio", "load_audio_directory", "load_audiofolder", "load_librilight_limited",
     "load_librispeech_hub", "load_librispeech_local", "load_manifest", "load_source", "normalize_waveform",
-    "out_of_vocabulary_report", "pack_by_duration", "pad_labels", "pad_waveforms", "padding_fraction",
+    "out_of_vocabulary_report", "pack_by_duration", "pad_labels", "pad_waveforms", "padding_fraction", "plain_column",
     "probe_audio", "skipped_items", "summarize_source", "verify_sources",
 ]

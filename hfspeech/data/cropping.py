@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .audio import TARGET_SAMPLE_RATE
+from .records import plain_column
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def drop_short_utterances(dataset: Any, min_samples: int = FAIRSEQ_MIN_SAMPLES) 
     """
     min_seconds = min_samples / TARGET_SAMPLE_RATE
     if hasattr(dataset, "__len__") and hasattr(dataset, "select"):
-        durations = np.asarray(dataset["duration"])
+        durations = np.asarray(plain_column(dataset, "duration"))
         keep = np.flatnonzero(np.round(durations * TARGET_SAMPLE_RATE) >= min_samples)
         dropped = len(durations) - keep.size
         logger.info("dropping %d of %d utterances shorter than %d samples (%.2f s)",

@@ -15,7 +15,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 
 from .audio import SkippedItems
-from .records import finalize, table_from_rows
+from .records import finalize, plain_column, table_from_rows
 
 DURATION_TOLERANCE_S = 0.1
 
@@ -72,7 +72,7 @@ def load_manifest(
 
 
 def _check_durations(rows: list[dict[str, Any]], dataset: Dataset) -> None:
-    measured = dict(zip(dataset["id"], dataset["duration"]))
+    measured = dict(zip(plain_column(dataset, "id"), plain_column(dataset, "duration")))
     for row in rows:
         if row["expected_duration"] is None or row["id"] not in measured:
             continue

@@ -8,8 +8,9 @@ only the path) plus ``id``, ``speaker_id`` (string), optional ``text``, and, aft
 The ``audio`` column is decoded on access, not stored decoded:
 
 - map-style ``Dataset``: a format transform (``with_transform``) returns ``audio`` as a
-  16 kHz mono ``np.float32`` array of shape ``(S,)``; other columns are untouched, so
-  ``dataset["duration"]`` does not decode anything.
+  16 kHz mono ``np.float32`` array of shape ``(S,)``; other columns are untouched. Reading a
+  column through the transform (``dataset["duration"]``) still decodes every row's audio
+  (``datasets`` formats whole rows): read columns with :func:`plain_column`, which does not.
 - streaming ``IterableDataset``: a ``map`` decodes each example, fills ``duration`` from
   the decoded length and, when ``skip_bad`` is set, skips bad items into the source's
   :class:`~hfspeech.data.skipped.SkippedItems` report (summarised at the end of each pass).
@@ -252,6 +253,19 @@ def finalize(
     logger.info("%s: %d utterances, %.2f h, formats %s", source, len(probed),
                 sum(probed["duration"]) / 3600, conversions.summary())
     return probed.with_transform(DecodeTransform(skip_bad=skip_bad, skipped=skipped))
+
+
+def plain_column(dataset: Any, name: str) -> list:
+    """Column ``name`` of ``dataset`` as stored, without decoding any audio.
+
+    ``dataset[name]`` on a source from :func:`finalize` runs the decoding transform over every
+    row (a full decode of the corpus to read its durations); ``with_format(None)`` reads the
+    Arrow column alone. Anything without ``with_format`` (a list of dicts' dataset, a pandas
+    frame) is indexed as it is.
+    """
+    if hasattr(dataset, "with_format"):
+        return list(dataset.with_format(None)[name])
+    return list(dataset[name])
 
 
 def add_column_keeping_audio_encoded(dataset: Dataset, name: str, values: list) -> Dataset:

@@ -28,6 +28,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .audio import audio_problem
+from .records import plain_column
 from .skipped import BadItem, SkippedItems
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def verify_sources(sources: str | Any | Sequence[Any], split: str = "", name: st
     for item in items:
         if isinstance(item, str):
             loaded = load_source(item, split=split or None, skip_bad=True, skipped=report)
-            seconds += float(sum(loaded.with_format(None)["duration"]))  # unformatted: no decoding
+            seconds += float(sum(plain_column(loaded, "duration")))  # unformatted: no decoding
             continue
         table = _loaded_table(item, name)
         for _, bad in find_bad_audio(table, name):

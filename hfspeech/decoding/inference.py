@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hfspeech.data.records import plain_column
 from hfspeech.decoding.decoders import DecoderSpec, build_decoder
 from hfspeech.decoding.emissions import EmissionsCache
 from hfspeech.decoding.timestamps import Transcription
@@ -150,9 +151,9 @@ def compute_emissions(
     columns = set(dataset.column_names)
     if "audio" not in columns:
         raise ValueError(f"{data_name}: no 'audio' column (found {sorted(columns)}); load it with hfspeech.data.load_source.")
-    texts = dataset["text"] if "text" in columns else [""] * len(dataset)
+    texts = plain_column(dataset, "text") if "text" in columns else [""] * len(dataset)
     texts = ["" if text is None else str(text) for text in texts]
-    ids = [str(name) for name in dataset["id"]] if "id" in columns else [str(i) for i in range(len(dataset))]
+    ids = [str(name) for name in plain_column(dataset, "id")] if "id" in columns else [str(i) for i in range(len(dataset))]
     if require_transcripts:
         missing = [ids[i] for i, text in enumerate(texts) if not text.strip()]
         if missing:
@@ -161,7 +162,7 @@ def compute_emissions(
                 "evaluation needs a reference for every utterance: use a source with a 'text' column "
                 "(audiofolder metadata.csv, LibriSpeech .trans.txt, a manifest with text)."
             )
-    durations = dataset["duration"] if "duration" in columns else None
+    durations = plain_column(dataset, "duration") if "duration" in columns else None
     order = np.argsort(-np.asarray(durations, dtype=np.float64), kind="stable") if durations is not None \
         else np.arange(len(dataset))
 

@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from ..configuration import PRESET_NAMES, SpeechEncoderConfig
-from ..data import (BatchSeeds, CTCCollator, DurationBucketBatchSampler, TextNormalizer, normalize_waveform, pad_waveforms,
+from ..data import (BatchSeeds, CTCCollator, DurationBucketBatchSampler, TextNormalizer, normalize_waveform, pad_waveforms, plain_column,
                     verify_sources)
 from ..data.augmentation import SpeedPerturbation
 from ..modeling.models import SpeechEncoderForCTC
@@ -89,21 +89,16 @@ def ctc_required_frames(label_ids: list[int]) -> int:
     return len(label_ids) + sum(1 for a, b in zip(label_ids, label_ids[1:]) if a == b)
 
 
-def _column(dataset, name: str) -> list:
-    """A column read without decoding audio (a decoding dataset's transform would decode every row)."""
-    return dataset.with_format(None)[name] if hasattr(dataset, "with_format") else dataset[name]
-
-
 def drop_unalignable(dataset, transcripts: list[str], tokenizer, model: SpeechEncoderForCTC,
                      fastest_speed: float = 1.0) -> tuple[Any, list[str]]:
     """Drop utterances too short for CTC to align their transcript (at the fastest speed factor).
 
     Returns the kept dataset and one line per dropped utterance (id, frames, frames needed).
     """
-    durations = np.asarray(_column(dataset, "duration"), dtype=np.float64)
+    durations = np.asarray(plain_column(dataset, "duration"), dtype=np.float64)
     samples = torch.from_numpy(np.floor(durations * 16000 / fastest_speed).astype(np.int64))
     frames = model.frame_lengths(samples).tolist()
-    ids = _column(dataset, "id")
+    ids = plain_column(dataset, "id")
     dropped, keep = [], []
     for row, (text, frame_count) in enumerate(zip(transcripts, frames)):
         needed = ctc_required_frames(tokenizer(text)["input_ids"])
@@ -155,9 +150,9 @@ class DevEvaluator:
         self._waveforms: dict[int, np.ndarray] = {}
         self.decoder = GreedyCTCDecoder.from_tokenizer(tokenizer)
         self.sampler = DurationBucketBatchSampler(
-            _column(dataset, "duration"), max_batch_seconds, shuffle=False, num_replicas=accelerator.num_processes,
+            plain_column(dataset, "duration"), max_batch_seconds, shuffle=False, num_replicas=accelerator.num_processes,
             rank=accelerator.process_index, uneven="drop" if accelerator.num_processes > 1 else "pad",
-            ids=_column(dataset, "id"))
+            ids=plain_column(dataset, "id"))
         self.accelerator = accelerator
 
     @torch.no_grad()
@@ -203,11 +198,11 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     train = load_sources(args.train_data, args.train_split)
     if "text" not in train.column_names:
         raise ValueError(f"{args.train_data} has no transcripts: CTC fine-tuning needs labeled audio.")
-    transcripts = [normalizer(text, utterance_id) for text, utterance_id in zip(_column(train, "text"),
-                                                                               _column(train, "id"))]
+    transcripts = [normalizer(text, utterance_id) for text, utterance_id in zip(plain_column(train, "text"),
+                                                                               plain_column(train, "id"))]
     processor = build_processor(args.model, transcripts, args.tokenizer)
     tokenizer = processor.tokenizer
-    check_alphabet(transcripts, _column(train, "id"), tokenizer, "train")
+    check_alphabet(transcripts, plain_column(train, "id"), tokenizer, "train")
     model = load_ctc_model(args, tokenizer)
     freeze_encoder, freeze_transformer_steps = freezing(args, model)
     if freeze_encoder:
@@ -221,17 +216,17 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
                            generator=seeds)
     # batches are budgeted for the slowest (longest) speed factor
     sampler = DurationBucketBatchSampler(
-        np.asarray(_column(train, "duration")) / speed.slowest, args.max_batch_seconds, seed=args.seed,
-        num_replicas=accelerator.num_processes, rank=accelerator.process_index, ids=_column(train, "id"))
+        np.asarray(plain_column(train, "duration")) / speed.slowest, args.max_batch_seconds, seed=args.seed,
+        num_replicas=accelerator.num_processes, rank=accelerator.process_index, ids=plain_column(train, "id"))
     evaluate = None
     if args.dev_data:
         dev = load_sources(args.dev_data, args.dev_split)
         if len(dev) == 0 or "text" not in dev.column_names:
             raise ValueError(f"dev_data={args.dev_data!r} holds no labeled utterance; give a labeled dev set (e.g. "
                              "`hfspeech data split` manifests) or leave dev_data empty.")
-        references = [normalizer(text, utterance_id) for text, utterance_id in zip(_column(dev, "text"),
-                                                                                 _column(dev, "id"))]
-        check_alphabet(references, _column(dev, "id"), tokenizer, "dev")
+        references = [normalizer(text, utterance_id) for text, utterance_id in zip(plain_column(dev, "text"),
+                                                                                 plain_column(dev, "id"))]
+        check_alphabet(references, plain_column(dev, "id"), tokenizer, "dev")
         evaluate = DevEvaluator(dev, references, tokenizer, args.max_batch_seconds, accelerator)
 
     def batches_for_epoch(epoch: int):

@@ -10,7 +10,7 @@ import numpy as np
 from ..configuration import SpeechEncoderConfig
 from ..data.augmentation import SpeedPerturbation
 from ..data import (BatchSeeds, DurationBucketBatchSampler, HubertCollator, PretrainingCollator, StreamingBucketBatcher,
-                    drop_short_utterances, verify_sources)
+                    drop_short_utterances, plain_column, verify_sources)
 from .arguments import PretrainingArguments, load_sources
 from .engine import BatchFactory
 from .loaders import open_loader
@@ -61,7 +61,7 @@ def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
             return {"labels": labels[example["id"]]}
 
         return dataset.map(add), label_rate
-    dataset_ids = dataset.with_format(None)["id"]  # plain column: no audio decoding
+    dataset_ids = plain_column(dataset, "id")
     missing = [utterance_id for utterance_id in dataset_ids if utterance_id not in labels]
     if missing:
         raise _no_labels_error(missing, labels_dir)

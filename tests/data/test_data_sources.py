@@ -258,3 +258,25 @@ def test_labeled_and_unlabeled_sources_together_still_decode(tmp_path):
     assert isinstance(first["audio"], np.ndarray) and first["text"] is None
     np.testing.assert_allclose(first["audio"], reference, atol=1e-6)
     assert all(isinstance(example["audio"], np.ndarray) for example in combined)
+
+
+def test_reading_columns_and_dropping_short_utterances_decode_no_audio(monkeypatch):
+    """``dataset["duration"]`` runs the decoding transform over every row; the library's own
+    column reads (durations for buckets, ids, the short-utterance filter, evaluation's texts)
+    must not decode a single file."""
+    import hfspeech.data.records as records
+    from hfspeech.data import drop_short_utterances, plain_column
+
+    dataset = load_source(str(AN4))
+    decoded = []
+    original = records.decode_audio
+    monkeypatch.setattr(records, "decode_audio", lambda *a, **k: decoded.append(1) or original(*a, **k))
+    list(dataset["duration"])
+    assert len(decoded) == len(dataset)  # the trap plain_column avoids
+    decoded.clear()
+    assert plain_column(dataset, "id") == [e["id"] for e in dataset.with_format(None)]
+    durations = plain_column(dataset, "duration")
+    kept, dropped = drop_short_utterances(dataset, min_samples=int(sorted(durations)[2] * 16000))
+    assert (len(kept), dropped) == (len(dataset) - 2, 2)
+    assert decoded == []
+    assert kept[0]["audio"].dtype == np.float32  # still decodes on access
