@@ -38,26 +38,47 @@ from .text import TextNormalizer
 NORMALIZE_EPSILON = 1e-7
 
 
-def normalize_waveform(waveform: np.ndarray) -> np.ndarray:
-    """``(x - mean) / sqrt(var + 1e-7)`` over the whole 1-D waveform ``(S,)``."""
+def normalization(waveform: np.ndarray) -> tuple[float, float]:
+    """``(mean, 1 / sqrt(var + 1e-7))`` of a 1-D waveform ``(S,)``: what `normalize_waveform` applies."""
     waveform = np.asarray(waveform, dtype=np.float32)
-    return ((waveform - waveform.mean()) / np.sqrt(waveform.var() + NORMALIZE_EPSILON)).astype(np.float32)
+    mean = float(waveform.mean(dtype=np.float64))
+    centered = waveform - np.float32(mean)
+    variance = float(np.dot(centered, centered)) / waveform.size
+    return mean, 1.0 / float(np.sqrt(variance + NORMALIZE_EPSILON))
+
+
+def normalize_waveform(waveform: np.ndarray) -> np.ndarray:
+    """``(x - mean) / sqrt(var + 1e-7)`` over the whole 1-D waveform ``(S,)``, float32."""
+    mean, scale = normalization(waveform)
+    return (np.asarray(waveform, dtype=np.float32) - np.float32(mean)) * np.float32(scale)
 
 
 IGNORE_INDEX = -100  # label padding: the index CTC and cross-entropy losses ignore
 
 
-def pad_waveforms(waveforms: Sequence[np.ndarray], pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad 1-D waveforms into ``input_values`` ``(B, S)`` and ``attention_mask`` ``(B, S)``."""
-    longest = max(len(w) for w in waveforms)
+def pad_waveforms(waveforms: Sequence[np.ndarray], pad_to_multiple_of: int | None = None,
+                  normalizations: Sequence[tuple[float, float]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad 1-D waveforms into ``input_values`` ``(B, S)`` and ``attention_mask`` ``(B, S)``.
+
+    ``normalizations``: one ``(mean, scale)`` per waveform (`normalization`), applied as each row is
+    written (``(x - mean) * scale``), so a normalised batch costs one pass over the audio.
+    """
+    lengths = [len(w) for w in waveforms]
+    longest = max(lengths)
     if pad_to_multiple_of:
         longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    values = torch.zeros(len(waveforms), longest, dtype=torch.float32)
-    mask = torch.zeros(len(waveforms), longest, dtype=torch.long)
+    values = np.empty((len(waveforms), longest), dtype=np.float32)
     for row, waveform in enumerate(waveforms):
-        values[row, : len(waveform)] = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
-        mask[row, : len(waveform)] = 1
-    return values, mask
+        size = lengths[row]
+        if normalizations is None:
+            values[row, :size] = waveform
+        else:
+            mean, scale = normalizations[row]
+            np.subtract(waveform, np.float32(mean), out=values[row, :size], dtype=np.float32)
+            values[row, :size] *= np.float32(scale)
+        values[row, size:] = 0.0
+    mask = torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]
+    return torch.from_numpy(values), mask.long()
 
 
 def pad_labels(label_ids: Sequence[Sequence[int]], return_tensors: str | None = None,
@@ -137,6 +158,7 @@ class CTCCollator:
         self.text_normalizer = text_normalizer
         self.pad_to_multiple_of = pad_to_multiple_of
         self.speed = speed
+        self._encoded: dict[str, list[int]] = {}  # transcript -> label ids: each epoch tokenizes the same texts
 
     def _encode(self, example: Mapping[str, Any]) -> list[int]:
         if "labels" in example and example["labels"] is not None:
@@ -144,6 +166,11 @@ class CTCCollator:
         text = example.get("text")
         if text is None:
             raise ValueError(f"example {example.get('id')} has neither 'labels' nor 'text'; CTC needs transcripts")
+        if text not in self._encoded:
+            self._encoded[text] = self._tokenize(text, example)
+        return self._encoded[text]
+
+    def _tokenize(self, text: str, example: Mapping[str, Any]) -> list[int]:
         if self.tokenizer is None:
             raise ValueError("CTCCollator needs a tokenizer to turn 'text' into labels")
         if isinstance(self.text_normalizer, TextNormalizer):
@@ -175,9 +202,8 @@ class CTCCollator:
                 _, mask = pad_waveforms(waveforms, self.pad_to_multiple_of)
             mask = torch.as_tensor(mask).long()
         else:
-            if self.normalize:
-                waveforms = [normalize_waveform(w) for w in waveforms]
-            values, mask = pad_waveforms(waveforms, self.pad_to_multiple_of)
+            normalizations = [normalization(w) for w in waveforms] if self.normalize else None
+            values, mask = pad_waveforms(waveforms, self.pad_to_multiple_of, normalizations)
         return {"input_values": values, "attention_mask": mask,
                 "labels": pad_labels([self._encode(e) for e in examples], return_tensors="pt")}
 
@@ -214,19 +240,22 @@ class PretrainingCollator:
         return self.speed.draw(count, generator) if self.speed is not None else [1.0] * count
 
     def _crop(self, examples: Sequence[Mapping[str, Any]], generator: torch.Generator | None,
-              speeds: Sequence[float] | None = None) -> tuple[list[np.ndarray], list[int], list[int]]:
+              speeds: Sequence[float] | None = None) -> tuple[list[np.ndarray], list[int], list[int], Any]:
+        """Speed-perturbed, cropped waveforms, their crop starts and sizes, and `_normalizations`."""
         waveforms = _waveforms(examples)
         speeds = self._speeds(len(waveforms), generator) if speeds is None else speeds
         waveforms = [speed_perturb(w, f) for w, f in zip(waveforms, speeds)]
-        if self.normalize:
-            waveforms = [normalize_waveform(w) for w in waveforms]
         starts, sizes = crop_windows([len(w) for w in waveforms], self.max_samples, self.crop_to_shortest, generator)
         cropped = [w[s : s + n] for w, s, n in zip(waveforms, starts, sizes)]
-        return cropped, starts, sizes
+        return cropped, starts, sizes, self._normalizations(waveforms)
+
+    def _normalizations(self, waveforms: Sequence[np.ndarray]) -> list[tuple[float, float]] | None:
+        """Each whole waveform's ``(mean, scale)`` (fairseq normalises before cropping), or None."""
+        return [normalization(w) for w in waveforms] if self.normalize else None
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        cropped, _, _ = self._crop(examples, batch_generator(self.generator, examples))
-        values, mask = pad_waveforms(cropped)
+        cropped, _, _, normalizations = self._crop(examples, batch_generator(self.generator, examples))
+        values, mask = pad_waveforms(cropped, normalizations=normalizations)
         return {"input_values": values, "attention_mask": mask}
 
 
@@ -243,6 +272,10 @@ class HubertCollator(PretrainingCollator):
         label_rates: frames per second of each label set (a float for all sets).
         duration_tolerance: max |label duration - audio duration| in seconds before the
             example is rejected as misaligned (fairseq: 0.1 s).
+        labels: optional ``utterance id -> label sequence(s)``: the labels of examples that carry
+            none of their own, found by their ``id`` (the training loop keeps them here, as arrays,
+            rather than in the dataset).
+        labels_source: where ``labels`` came from, named when an id is missing from them.
         Other args: see :class:`PretrainingCollator`.
     """
 
@@ -255,13 +288,22 @@ class HubertCollator(PretrainingCollator):
         generator: torch.Generator | BatchSeeds | None = None,
         duration_tolerance: float = 0.1,
         speed: SpeedPerturbation | None = None,
+        labels: Mapping[str, Any] | None = None,
+        labels_source: str = "the collator's labels",
     ) -> None:
         super().__init__(max_samples, crop_to_shortest, normalize, generator, speed)
         self.label_rates = label_rates
         self.duration_tolerance = duration_tolerance
+        self.labels = labels
+        self.labels_source = labels_source
 
     def _label_sets(self, example: Mapping[str, Any]) -> list[np.ndarray]:
         labels = example.get("labels")
+        if labels is None and self.labels is not None:
+            labels = self.labels.get(example.get("id"))
+            if labels is None:
+                raise ValueError(f"utterance {example.get('id')} has no labels in {self.labels_source}; "
+                                 "assign labels for this exact data source (`hfspeech labels assign`).")
         if labels is None:
             raise ValueError(f"example {example.get('id')} has no 'labels'; assign HuBERT targets first")
         if len(labels) and np.ndim(labels[0]) == 0:
@@ -288,8 +330,8 @@ class HubertCollator(PretrainingCollator):
         generator = batch_generator(self.generator, examples)
         speeds = self._speeds(len(examples), generator)
         label_sets = [[stretch_labels(label_set, f) for label_set in sets] for sets, f in zip(label_sets, speeds)]
-        cropped, starts, sizes = self._crop(examples, generator, speeds)
-        values, mask = pad_waveforms(cropped)
+        cropped, starts, sizes, normalizations = self._crop(examples, generator, speeds)
+        values, mask = pad_waveforms(cropped, normalizations=normalizations)
         labels = []
         for set_index, rate in enumerate(rates):
             ratio = rate / TARGET_SAMPLE_RATE

@@ -268,19 +268,6 @@ def plain_column(dataset: Any, name: str) -> list:
     return list(dataset[name])
 
 
-def add_column_keeping_audio_encoded(dataset: Dataset, name: str, values: list) -> Dataset:
-    """``dataset.add_column(name, values)`` for a source from :func:`finalize` (audio decoded on access).
-
-    ``add_column`` on a ``select``-ed dataset flattens its indices *through the format
-    transform*, which would write decoded float32 audio into the Arrow table (the corpus-sized
-    cache this package avoids) and then fail to decode it again on access. The column is added
-    to the unformatted dataset and the decoding transform re-attached.
-    """
-    transform = (dataset.format.get("format_kwargs") or {}).get("transform")
-    plain = dataset.with_format(None).add_column(name, values)
-    return plain.with_transform(transform) if transform is not None else plain
-
-
 def concatenate_decoded(parts: list[Dataset]) -> Dataset:
     """``datasets.concatenate_datasets`` for sources from :func:`finalize`, still decoding on access.
 

@@ -18,9 +18,15 @@ from .loaders import open_loader
 logger = logging.getLogger(__name__)
 
 
-def _read_labels(labels_dir: str, config: SpeechEncoderConfig):
-    """(label rate, utterance id -> one int list per label set) of an `hfspeech labels assign` directory,
-    refusing labels whose rate or cluster counts disagree with the model's config."""
+def read_pretraining_labels(labels_dir: str, config: SpeechEncoderConfig, dataset) -> tuple[float, dict]:
+    """(label rate, utterance id -> one int64 array per label set) of an `hfspeech labels assign` directory.
+
+    The labels stay in memory as arrays beside the dataset, not in its Arrow table (a column of int
+    lists costs a hash of every label when added and a list per example when read): `HubertCollator`
+    finds each example's labels by its ``id``. Refuses labels whose rate or cluster counts disagree
+    with the model's config and, for an indexed source, utterances that have no labels (named in
+    the error); a streamed utterance without labels stops the run when it is collated.
+    """
     from ..labels.assign import read_label_directory
 
     metadata, ids, label_sets = read_label_directory(labels_dir)
@@ -34,39 +40,14 @@ def _read_labels(labels_dir: str, config: SpeechEncoderConfig):
             f"{labels_dir}: label sets with K={metadata.num_clusters} but the model predicts "
             f"K={config.hubert_num_clusters}; set model_overrides.hubert_num_clusters={metadata.num_clusters}."
         )
-    labels = {utterance_id: [label_sets[k][index].tolist() for k in metadata.num_clusters]
+    labels = {utterance_id: [label_sets[k][index] for k in metadata.num_clusters]
               for index, utterance_id in enumerate(ids)}
+    if hasattr(dataset, "__len__"):
+        missing = [utterance_id for utterance_id in plain_column(dataset, "id") if utterance_id not in labels]
+        if missing:
+            raise ValueError(f"{len(missing)} utterance(s) have no labels in {labels_dir} (e.g. {missing[:5]}); "
+                             "assign labels for this exact data source.")
     return metadata.label_rate, labels
-
-
-def _no_labels_error(missing: list[str], labels_dir: str) -> ValueError:
-    return ValueError(f"{len(missing)} utterance(s) have no labels in {labels_dir} (e.g. {missing[:5]}); "
-                      "assign labels for this exact data source.")
-
-
-def attach_labels(dataset, labels_dir: str, config: SpeechEncoderConfig):
-    """Add a ``labels`` column (one int list per label set) from an `hfspeech labels assign` directory.
-
-    Refuses labels whose rate or cluster counts disagree with the model's config, and
-    utterances that have no labels (named in the error). A streamed dataset gets the column lazily
-    (an utterance without labels stops the run when it is read).
-    """
-    from ..data.records import add_column_keeping_audio_encoded
-
-    label_rate, labels = _read_labels(labels_dir, config)
-    if not hasattr(dataset, "__len__"):  # streaming
-        def add(example: dict) -> dict:
-            if example["id"] not in labels:
-                raise _no_labels_error([example["id"]], labels_dir)
-            return {"labels": labels[example["id"]]}
-
-        return dataset.map(add), label_rate
-    dataset_ids = plain_column(dataset, "id")
-    missing = [utterance_id for utterance_id in dataset_ids if utterance_id not in labels]
-    if missing:
-        raise _no_labels_error(missing, labels_dir)
-    column = [labels[utterance_id] for utterance_id in dataset_ids]
-    return add_column_keeping_audio_encoded(dataset, "labels", column), label_rate
 
 
 def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderConfig, num_processes: int = 1,
@@ -94,9 +75,10 @@ def build_pretraining_batches(args: PretrainingArguments, config: SpeechEncoderC
     if config.objective == "hubert":
         if not args.labels:
             raise ValueError("HuBERT pretraining needs `labels`: a directory written by `hfspeech labels assign`.")
-        dataset, label_rate = attach_labels(dataset, args.labels, config)
+        label_rate, labels = read_pretraining_labels(args.labels, config, dataset)
         collator = HubertCollator(label_rates=label_rate, max_samples=max_samples, crop_to_shortest=True,
-                                  normalize=True, generator=seeds, speed=speed)
+                                  normalize=True, generator=seeds, speed=speed, labels=labels,
+                                  labels_source=args.labels)
     else:
         collator = PretrainingCollator(max_samples=max_samples, crop_to_shortest=True, normalize=True, generator=seeds,
                                        speed=speed)

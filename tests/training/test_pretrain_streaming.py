@@ -12,7 +12,7 @@ from helpers import FIXTURES
 from hfspeech import SpeechEncoderConfig, SpeechEncoderForPreTraining
 from hfspeech.data import load_source
 from hfspeech.training.arguments import PretrainingArguments
-from hfspeech.training.pretrain_data import attach_labels, build_pretraining_batches
+from hfspeech.training.pretrain_data import build_pretraining_batches, read_pretraining_labels
 from hfspeech.training.pretrain_loop import run_pretraining
 
 AN4 = str(FIXTURES / "an4")  # 7 utterances of 1.3-4.4 s
@@ -46,8 +46,10 @@ def test_a_streamed_epoch_holds_every_utterance_once_within_the_budget(tmp_path)
         torch.equal(a["input_values"], b["input_values"]) for a, b in zip(epoch, batches_for_epoch(1)))
 
 
-def test_hubert_labels_are_attached_to_a_stream_as_to_an_indexed_source(tmp_path):
+def test_hubert_labels_are_found_by_id_for_a_stream_as_for_an_indexed_source(tmp_path):
+    from hfspeech.data import HubertCollator
     from hfspeech.labels import fit_kmeans, make_frame_features, write_label_files
+    from hfspeech.labels.assign import read_label_directory
     from hfspeech.labels.feature_groups import iter_source_utterances
 
     mfcc = make_frame_features("mfcc")
@@ -55,11 +57,22 @@ def test_hubert_labels_are_attached_to_a_stream_as_to_an_indexed_source(tmp_path
     model = fit_kmeans(torch.cat(mfcc.batch([w for _, w in utterances], [n for n, _ in utterances])), 5, seed=0)
     write_label_files(iter(utterances), mfcc, [model], tmp_path / "labels")
     config = SpeechEncoderConfig.from_preset("tiny", objective="hubert", hubert_num_clusters=[5], label_rate=100)
-    indexed, rate = attach_labels(load_source(AN4), str(tmp_path / "labels"), config)
-    streamed, streamed_rate = attach_labels(load_source(AN4, streaming=True), str(tmp_path / "labels"), config)
-    expected = dict(zip(indexed.with_format(None)["id"], indexed.with_format(None)["labels"]))
-    assert rate == streamed_rate == 100
-    assert {row["id"]: row["labels"] for row in streamed} == expected
+    rate, labels = read_pretraining_labels(str(tmp_path / "labels"), config, load_source(AN4))
+    _, ids, written = read_label_directory(tmp_path / "labels")
+    assert rate == 100 and sorted(labels) == sorted(ids)
+    # the collator finds each example's labels by id, streamed or indexed, as if the example carried them
+    collator = HubertCollator(label_rates=rate, max_samples=None, crop_to_shortest=False, labels=labels)
+    for source in (load_source(AN4), load_source(AN4, streaming=True)):
+        examples = sorted(source, key=lambda example: example["id"])[:2]
+        inline = [dict(example, labels=written[5][ids.index(example["id"])]) for example in examples]
+        carried = HubertCollator(label_rates=rate, max_samples=None, crop_to_shortest=False)(inline)
+        assert all(torch.equal(a, b) for a, b in zip(collator(examples)["labels"], carried["labels"]))
+    stranger = dict(examples[0], id="nobody/0")
+    with pytest.raises(ValueError, match="nobody/0 has no labels in"):
+        HubertCollator(label_rates=rate, labels=labels, labels_source="DIR")([stranger])
+    write_label_files(iter(utterances[1:]), mfcc, [model], tmp_path / "partial")
+    with pytest.raises(ValueError, match=r"1 utterance\(s\) have no labels"):
+        read_pretraining_labels(str(tmp_path / "partial"), config, load_source(AN4))
 
 
 @pytest.mark.parametrize("streaming", [True, False])
