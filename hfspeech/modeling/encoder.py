@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..configuration import SpeechEncoderConfig
 from .dropout import Dropout, attention
+from .host_reads import host_reads_allowed
 from .linear import Linear
 
 
@@ -125,17 +126,21 @@ class TransformerEncoder(nn.Module):
         key_mask = None
         if frame_mask is not None:
             hidden = hidden * frame_mask[..., None].to(hidden.dtype)
-            if not bool(frame_mask.all()):
+            # Without padding attention needs no mask (faster kernels); telling reads values (`host_reads`).
+            if not (host_reads_allowed(frame_mask) and bool(frame_mask.all())):
                 key_mask = frame_mask[:, None, None, :]
         hidden = hidden + self.pos_conv(hidden)
         if not self.layer_norm_first:
             hidden = self.layer_norm(hidden)
         hidden = self.dropout(hidden)
         all_hidden: list[torch.Tensor] = []
-        for layer in self.layers:
+        # LayerDrop: one CPU draw per forward (never a device read), so a compiled graph breaks here once.
+        dropped = (torch.rand(len(self.layers)) < self.layerdrop).tolist() if self.training and self.layerdrop > 0 \
+            else [False] * len(self.layers)
+        for layer, drop in zip(self.layers, dropped):
             if output_hidden_states:
                 all_hidden.append(hidden)
-            if self.training and self.layerdrop > 0 and float(torch.rand(())) < self.layerdrop:
+            if drop:
                 continue
             if self.gradient_checkpointing and self.training:
                 hidden = checkpoint(layer, hidden, key_mask, use_reentrant=False)

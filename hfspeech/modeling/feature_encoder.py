@@ -20,6 +20,7 @@ from torch import nn
 from ..configuration import SpeechEncoderConfig, conv_output_lengths
 from .dropout import Dropout
 from .fast_cpu import conv as fast_conv
+from .host_reads import host_reads_allowed
 from .linear import Linear
 
 __all__ = ["ChannelLayerNorm", "ConvLayerBlock", "FeatureEncoder", "FeatureProjection", "MaskedChannelNorm",
@@ -62,7 +63,7 @@ class MaskedChannelNorm(nn.Module):
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """hidden: (B, C, T); lengths: (B,) valid frames or None (all valid). Returns (B, C, T)."""
         num_frames = hidden.shape[2]
-        if lengths is None or bool((lengths >= num_frames).all()):
+        if lengths is None or host_reads_allowed(lengths) and bool((lengths >= num_frames).all()):
             return F.group_norm(hidden, hidden.shape[1], self.weight, self.bias, self.eps)
         valid = (torch.arange(num_frames, device=hidden.device) < lengths[:, None]).unsqueeze(1)  # (B, 1, T)
         count = lengths.clamp(min=1).to(hidden.dtype)[:, None, None]

@@ -55,8 +55,10 @@ def kaldi_mel_banks(num_mel_bins: int, fft_size: int, sample_rate: int = SAMPLE_
     return np.concatenate([banks, np.zeros((num_mel_bins, 1))], axis=1)
 
 
-def filterbank_frames(sample_lengths: torch.Tensor, window: int, hop: int) -> torch.Tensor:
-    """(B,) samples -> (B,) frames of ``window`` samples every ``hop`` (0 when shorter than a window)."""
+def filterbank_frames(sample_lengths: torch.Tensor | int, window: int, hop: int) -> torch.Tensor | int:
+    """(B,) samples -> (B,) frames of ``window`` samples every ``hop`` (0 when shorter than a window); int -> int."""
+    if isinstance(sample_lengths, int):
+        return (sample_lengths - window) // hop + 1 if sample_lengths >= window else 0
     lengths = sample_lengths.long()
     return torch.where(lengths >= window, torch.div(lengths - window, hop, rounding_mode="floor") + 1,
                        torch.zeros_like(lengths))
@@ -101,8 +103,8 @@ class FilterbankEncoder(nn.Module):
         return energies.clamp(min=torch.finfo(torch.float32).eps).log().to(input_values.dtype)
 
 
-def feature_frame_lengths(sample_lengths: torch.Tensor, config: SpeechEncoderConfig) -> torch.Tensor:
-    """(B,) samples -> (B,) frames of the model's front-end (conv stack or filterbank)."""
+def feature_frame_lengths(sample_lengths: torch.Tensor | int, config: SpeechEncoderConfig) -> torch.Tensor | int:
+    """(B,) samples -> (B,) frames of the model's front-end (conv stack or filterbank); an int gives an int."""
     if config.feature_frontend == "filterbank":
         return filterbank_frames(sample_lengths, config.receptive_field, config.inputs_to_logits_ratio)
     return conv_output_lengths(sample_lengths, config.conv_kernel, config.conv_stride)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from .host_reads import host_reads_allowed
+
 __all__ = ["compute_span_mask", "compute_channel_mask", "sample_negative_indices"]
 
 
@@ -92,7 +94,7 @@ def compute_span_mask(
         if torch.is_floating_point(frame_lengths) or frame_lengths.dtype == torch.bool:
             raise ValueError(f"frame_lengths must be an integer tensor, got {frame_lengths.dtype}.")
         lengths = frame_lengths.to(device=device, dtype=torch.long)
-        if batch_size and (int(lengths.min()) < 0 or int(lengths.max()) > num_frames):
+        if batch_size and host_reads_allowed(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > num_frames):
             raise ValueError(
                 f"frame_lengths must lie in [0, num_frames={num_frames}], got min {int(lengths.min())} "
                 f"and max {int(lengths.max())}; compute them from the attention mask of this batch."
@@ -106,16 +108,17 @@ def compute_span_mask(
     # Starts come from [0, num_starts): n - mask_length normally, num + 1 for short utterances.
     short = lengths - mask_length <= num_spans
     num_starts = torch.where(short, num_spans + 1, lengths - mask_length)
+    # Shapes come from bounds known without reading the lengths (no host synchronisation on a
+    # GPU, one graph per padded length under torch.compile): n <= T spans at most
+    # floor(p T / M) + 1 (or min_masks), and at most max(T - M, spans + 1) starts.
+    max_spans = max(int(mask_prob * num_frames / mask_length) + 1, min_masks)
+    max_starts = max(num_frames - mask_length, max_spans + 1)
     # Uniform subset without replacement: the `num_spans` smallest of i.i.d. uniform keys among
-    # the allowed start positions.
-    max_starts = int(num_starts.max())
-    max_spans = int(num_spans.max())
-    if max_spans == 0:
-        return torch.zeros(batch_size, num_frames, dtype=torch.bool, device=device)
+    # the allowed start positions (num_spans < num_starts, so they are all allowed ones).
     keys = _uniform((batch_size, max_starts), generator, device)
     positions = torch.arange(max_starts, device=device)
     keys = keys.masked_fill(positions[None, :] >= num_starts[:, None], 2.0)
-    chosen = keys.topk(min(max_spans, max_starts), dim=1, largest=False).indices  # (B, S)
+    chosen = keys.topk(min(max_spans, max_starts), dim=1, largest=False).indices  # (B, S), ascending keys
     keep = torch.arange(chosen.shape[1], device=device)[None, :] < num_spans[:, None]
     starts = torch.zeros(batch_size, max_starts + 1, dtype=torch.int32, device=device)
     starts.scatter_add_(1, torch.where(keep, chosen, max_starts), keep.to(torch.int32))
@@ -187,7 +190,8 @@ def sample_negative_indices(
 
     Raises:
         ValueError: if an utterance has exactly one masked step (it has no distractor to
-            draw); utterances without masked steps are fine.
+            draw; checked on CPU, see `host_reads`; elsewhere its distractor is an unmasked
+            step of the same utterance); utterances without masked steps are fine.
     """
     if mask.dim() != 2 or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a (B, T) bool tensor, got shape {tuple(mask.shape)} and {mask.dtype}.")
@@ -195,29 +199,26 @@ def sample_negative_indices(
         raise ValueError(f"num_negatives must be an integer >= 1, got {num_negatives}.")
     batch_size, num_frames = mask.shape
     device = mask.device
+    if batch_size == 0 or num_frames == 0:
+        return torch.zeros(batch_size, num_frames, num_negatives, dtype=torch.long, device=device)
     num_masked = mask.sum(dim=1)  # (B,)
-    lonely = (num_masked == 1).nonzero().flatten()
-    if lonely.numel():
+    if host_reads_allowed(mask) and bool((num_masked == 1).any()):
+        lonely = (num_masked == 1).nonzero().flatten()
         raise ValueError(
             f"Utterance(s) at batch index {lonely.tolist()} have exactly one masked step, so no "
             "distractor can be drawn for the contrastive loss; raise mask_time_min_masks / "
             "mask_time_length or drop utterances shorter than mask_time_length frames."
         )
-    # Masked steps as flat indices b * T + t, sorted: utterance b owns rows [first_b, first_b + m_b)
-    # of this list, and the masked step in row r is its own positive.
-    masked_steps = mask.flatten().nonzero().flatten()  # (N,)
-    rows = torch.arange(masked_steps.numel(), device=device)  # (N,)
-    owner = torch.div(masked_steps, num_frames, rounding_mode="floor")  # (N,)
-    first = (torch.cumsum(num_masked, dim=0) - num_masked)[owner]  # (N,)
-    choices = (num_masked[owner] - 1)[:, None]  # (N, 1) other masked steps of the same utterance
-    uniform = _uniform((masked_steps.numel(), num_negatives), generator, device)
+    # Fixed shapes, no host synchronisation: a draw for every (b, t), kept where t is masked.
+    # Row b of `order` lists utterance b's masked steps first, in time order; the masked step t
+    # is entry rank[b, t] of it, and each distractor is a uniform pick among the other m_b - 1.
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (B, T)
+    rank = mask.long().cumsum(dim=1) - 1  # (B, T)
+    choices = (num_masked - 1).clamp_min(1)[:, None, None]  # (B, 1, 1)
+    uniform = _uniform((batch_size, num_frames, num_negatives), generator, device)
     # floor(U * (m - 1)) is uniform on [0, m - 2]; the minimum only catches float32 rounding up.
-    drawn = uniform.mul_(choices).long()
-    torch.minimum(drawn, choices - 1, out=drawn)
-    drawn.add_(first[:, None])
-    drawn.add_(drawn >= rows[:, None])  # skip the positive's own row: uniform over the others
-    negatives = masked_steps[drawn]  # (N, K)
-    offsets = torch.arange(batch_size, device=device) * num_frames
-    output = offsets.repeat_interleave(num_frames * num_negatives).view(batch_size, num_frames, num_negatives)
-    output.view(-1, num_negatives).index_copy_(0, masked_steps, negatives)
-    return output
+    drawn = torch.minimum(uniform.mul_(choices).long(), choices - 1)
+    drawn = drawn + (drawn >= rank[..., None])  # skip the positive's own entry: uniform over the others
+    steps = order.gather(1, drawn.clamp_max(num_frames - 1).view(batch_size, -1)).view_as(drawn)
+    offsets = (torch.arange(batch_size, device=device) * num_frames)[:, None, None]
+    return torch.where(mask[..., None], steps + offsets, offsets)

@@ -23,6 +23,7 @@ from .dropout import Dropout
 from .encoder import PositionalConvEmbedding, TransformerEncoder
 from .feature_encoder import FeatureEncoder, FeatureProjection, scale_gradient
 from .filterbank import FilterbankEncoder, feature_frame_lengths
+from .host_reads import host_reads_allowed
 
 
 @dataclass
@@ -129,8 +130,12 @@ def _check_input(input_values: torch.Tensor, attention_mask: torch.Tensor | None
             f"input_values must be floating point, got {input_values.dtype}; convert integer PCM to "
             "float in [-1, 1] (the feature extractor does this check too)."
         )
-    lengths = attention_mask.sum(-1) if attention_mask is not None else None
-    shortest = int(lengths.min()) if lengths is not None else input_values.shape[1]
+    if attention_mask is None:
+        shortest = input_values.shape[1]
+    elif host_reads_allowed(attention_mask) and attention_mask.shape[0]:
+        shortest = int(attention_mask.sum(-1).min())
+    else:  # the GPU path reads no values; the collators drop utterances this short
+        shortest = receptive_field
     if shortest < receptive_field:
         raise ValueError(
             f"An utterance has {shortest} samples, fewer than the feature encoder's receptive field "
@@ -281,11 +286,8 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
         Returns ``logits`` (B, T, vocab) and, with labels, the CTC loss (``config.ctc_loss_reduction``:
         "mean" divides each utterance's loss by its label length, then averages, as torch does).
         """
-        if labels is not None and labels.numel() and int(labels.max()) >= self.config.vocab_size:
-            raise ValueError(
-                f"labels contain id {int(labels.max())} but the CTC head has vocab_size="
-                f"{self.config.vocab_size}; build the model from the tokenizer (vocab_size=len(tokenizer))."
-            )
+        if labels is not None:
+            self._check_labels(labels)
         with torch.no_grad() if self.backbone_frozen else contextlib.nullcontext():
             outputs = self.speech_encoder(
                 input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
@@ -300,11 +302,28 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
         return SpeechEncoderCTCOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                       sample_size=sample_size)
 
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        """Ids below vocab_size, -100 padding on the right only (read on CPU only, see `host_reads`)."""
+        if not host_reads_allowed(labels) or not labels.numel():
+            return
+        if int(labels.max()) >= self.config.vocab_size:
+            raise ValueError(
+                f"labels contain id {int(labels.max())} but the CTC head has vocab_size="
+                f"{self.config.vocab_size}; build the model from the tokenizer (vocab_size=len(tokenizer))."
+            )
+        valid = labels >= 0
+        if bool((valid != (torch.arange(labels.shape[1]) < valid.sum(-1, keepdim=True))).any()):
+            raise ValueError("labels must hold each transcript's ids first and -100 padding after them (right "
+                             "padding), as hfspeech's CTCCollator pads them.")
+
     def ctc_loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """CTC loss of logits (B, T, V) with valid frame counts (B,) against labels (B, L) (-100 = pad)."""
+        """CTC loss of logits (B, T, V) with valid frame counts (B,) against labels (B, L) (-100 = right padding).
+
+        The padded (B, L) targets go to ``F.ctc_loss`` as they are (it reads the first
+        ``target_lengths[b]`` of row b), so no data-dependent selection syncs a GPU."""
         valid = labels >= 0
         target_lengths = valid.sum(-1)
-        targets = labels.masked_select(valid)
+        targets = labels.clamp_min(0)
         log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
         with torch.backends.cudnn.flags(enabled=False):
             return F.ctc_loss(

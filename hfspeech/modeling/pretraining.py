@@ -14,6 +14,7 @@ from torch import nn
 
 from ..configuration import SpeechEncoderConfig
 from .dropout import Dropout
+from .filterbank import feature_frame_lengths
 from .models import SpeechEncoderModel, SpeechEncoderPreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class SpeechEncoderForPreTraining(SpeechEncoderPreTrainedModel):
         """
         batch_size, num_samples = input_values.shape
         sample_lengths = attention_mask.sum(-1) if attention_mask is not None else None
-        num_frames = int(self.frame_lengths(torch.tensor([num_samples]))[0])
+        num_frames = feature_frame_lengths(num_samples, self.config)
         frame_lengths = self.frame_lengths(sample_lengths) if sample_lengths is not None else None
         if mask_time_indices is None:
             mask_time_indices = self.compute_mask(batch_size, num_frames, frame_lengths, generator, input_values.device)

@@ -29,25 +29,34 @@ def gumbel_temperature(num_updates: int, maximum: float, minimum: float, decay: 
     return max(maximum * decay**num_updates, minimum)
 
 
-def perplexity_of(probs: torch.Tensor) -> torch.Tensor:
+def perplexity_of(probs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over groups of ``exp(entropy)`` of the mean distribution.
 
     Args:
         probs: (N, G, V) per-frame distributions over each group's V entries (N may be 0).
+        weights: (N,) 1 on the frames to average over, 0 elsewhere; None = all frames. A mask
+            as weights keeps the shapes fixed (no boolean selection, no host synchronisation).
 
     Returns:
-        scalar tensor; G * V for a uniform codebook use, G when one entry per group is used.
+        scalar tensor; G * V for a uniform codebook use, G when one entry per group is used
+        (also when no frame is weighted).
     """
-    marginal = probs.float().mean(dim=0) if probs.shape[0] else probs.new_zeros(probs.shape[1:]).float()
+    probs = probs.float()
+    if weights is None:
+        weights = probs.new_ones(probs.shape[0])
+    weights = weights.float()
+    marginal = (probs * weights[:, None, None]).sum(dim=0) / weights.sum().clamp_min(1.0)
     return torch.exp(-torch.xlogy(marginal, marginal).sum(dim=-1)).sum()
 
 
-def perplexity_of_indices(indices: torch.Tensor, num_vars: int) -> torch.Tensor:
+def perplexity_of_indices(indices: torch.Tensor, num_vars: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """`perplexity_of` the one-hot choices (N, G) without building the (N, G, V) one-hot tensor."""
     num_frames, num_groups = indices.shape
+    weights = torch.ones(num_frames, device=indices.device) if weights is None else weights.float()
     offsets = torch.arange(num_groups, device=indices.device) * num_vars
-    counts = torch.bincount((indices + offsets).flatten(), minlength=num_groups * num_vars)
-    marginal = counts.view(num_groups, num_vars).float() / max(num_frames, 1)
+    counts = torch.zeros(num_groups * num_vars, device=indices.device).scatter_add_(
+        0, (indices + offsets).flatten(), weights[:, None].expand(-1, num_groups).flatten())
+    marginal = counts.view(num_groups, num_vars) / weights.sum().clamp_min(1.0)
     return torch.exp(-torch.xlogy(marginal, marginal).sum(dim=-1)).sum()
 
 
@@ -157,14 +166,13 @@ class GumbelProductQuantizer(nn.Module):
             selection, indices = self._sample_gumbel_selection(logits, generator)
             # (G, N, V) @ (G, V, D/G) -> (G, N, D/G): the straight-through selection times the codebook.
             grouped = torch.bmm(selection.to(codebook.dtype).transpose(0, 1), codebook).transpose(0, 1)
-            chosen = slice(None) if mask is None else mask
-            perplexity = perplexity_of(torch.softmax(logits[chosen], dim=-1))
+            perplexity = perplexity_of(torch.softmax(logits, dim=-1), mask)
         else:
             indices = logits.argmax(dim=-1)  # (N, G)
             offsets = torch.arange(self.num_groups, device=indices.device) * self.num_vars
             grouped = self.codevectors[0, indices + offsets]  # (N, G, D/G)
             perplexity = None
-        code_perplexity = perplexity_of_indices(indices if mask is None else indices[mask], self.num_vars)
+        code_perplexity = perplexity_of_indices(indices, self.num_vars, mask)
         return QuantizerOutput(
             codevectors=grouped.reshape(num_frames, self.codevectors.shape[-1] * self.num_groups),
             codevector_indices=indices,

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from ..host_reads import host_reads_allowed
 from ..linear import Linear
 
 __all__ = ["HubertObjective", "HubertObjectiveOutput", "align_labels_to_frames", "FRAME_RATE_HZ"]
@@ -69,8 +70,22 @@ def align_labels_to_frames(
     if len(names) != batch_size:
         raise ValueError(f"Got {len(names)} utterance_ids for a batch of {batch_size}.")
     labels = labels.long()
+    frame_lengths = frame_lengths.to(labels.device).long()
+    label_lengths = (labels != IGNORE_INDEX).sum(dim=1)
+    if host_reads_allowed(labels):  # these checks read values (see `host_reads`)
+        _check_label_lengths(labels, label_lengths, label_rate, frame_lengths, names, tolerance_s)
+    frame_index = torch.arange(num_frames, device=labels.device)
+    source = (frame_index * label_rate) // FRAME_RATE_HZ  # (T,)
+    present = (frame_index[None, :] < frame_lengths[:, None]) & (source[None, :] < label_lengths[:, None])
+    gathered = labels.gather(1, source.clamp_max(max(labels.shape[1] - 1, 0)).expand(batch_size, -1)) \
+        if labels.shape[1] else torch.full((batch_size, num_frames), IGNORE_INDEX, device=labels.device)
+    return torch.where(present, gathered, torch.full_like(gathered, IGNORE_INDEX))
+
+
+def _check_label_lengths(labels: torch.Tensor, label_lengths: torch.Tensor, label_rate: int,
+                         frame_lengths: torch.Tensor, names: list[str], tolerance_s: float) -> None:
+    """Right padding only, no negative ids, label and audio durations within the tolerance."""
     valid = labels != IGNORE_INDEX
-    label_lengths = valid.sum(dim=1)
     positions = torch.arange(labels.shape[1], device=labels.device)
     not_right_padded = (valid != (positions[None, :] < label_lengths[:, None])).any(dim=1)
     negative = (valid & (labels < 0)).any(dim=1)
@@ -81,7 +96,6 @@ def align_labels_to_frames(
         if problem.any():
             row = int(problem.nonzero()[0, 0])
             raise ValueError(f"Labels of utterance {names[row]} {message}.")
-    frame_lengths = frame_lengths.to(labels.device).long()
     label_seconds = label_lengths.double() / label_rate
     audio_seconds = frame_lengths.double() / FRAME_RATE_HZ
     off = (label_seconds - audio_seconds).abs() > tolerance_s + 1e-9
@@ -94,12 +108,6 @@ def align_labels_to_frames(
             "(config.hubert_label_rate_tolerance_s). Recompute the labels from this audio or check that the "
             "label file and the manifest list utterances in the same order."
         )
-    frame_index = torch.arange(num_frames, device=labels.device)
-    source = (frame_index * label_rate) // FRAME_RATE_HZ  # (T,)
-    present = (frame_index[None, :] < frame_lengths[:, None]) & (source[None, :] < label_lengths[:, None])
-    gathered = labels.gather(1, source.clamp_max(max(labels.shape[1] - 1, 0)).expand(batch_size, -1)) \
-        if labels.shape[1] else torch.full((batch_size, num_frames), IGNORE_INDEX, device=labels.device)
-    return torch.where(present, gathered, torch.full_like(gathered, IGNORE_INDEX))
 
 
 @dataclass
@@ -115,7 +123,8 @@ class HubertObjectiveOutput(ModelOutput):
         unmasked_accuracy: (num_label_sets,) same on unmasked frames.
         num_masked: masked frames with labels; num_unmasked: unmasked valid frames with labels.
         sample_size: fairseq's sample size (the frames whose loss has non-zero weight).
-        logits_masked: list, per label set, of (num_masked, K_i) logits.
+        frame_logits: list, per label set, of (B*T, K_i) logits of every frame.
+        masked_frames: (B*T,) bool, the masked frames with labels; `logits_masked` selects them.
         hidden_states: filled by the pretraining model when asked for hidden states.
     """
 
@@ -128,8 +137,14 @@ class HubertObjectiveOutput(ModelOutput):
     num_masked: torch.Tensor | None = None
     num_unmasked: torch.Tensor | None = None
     sample_size: torch.Tensor | None = None
-    logits_masked: list[torch.Tensor] = field(default=None)
+    frame_logits: list[torch.Tensor] = field(default=None)
+    masked_frames: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def logits_masked(self) -> list[torch.Tensor]:
+        """Per label set, (num_masked, K_i) logits of the masked frames (a boolean selection: reads the mask)."""
+        return [logits[self.masked_frames] for logits in self.frame_logits]
 
     def metrics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         """``name -> (sum, weight)`` for the training loop: losses per scored frame, one accuracy per
@@ -143,10 +158,9 @@ class HubertObjectiveOutput(ModelOutput):
         return metrics
 
 
-def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if targets.numel() == 0:
-        return logits.new_zeros((), dtype=torch.float32)
-    return (logits.argmax(dim=-1) == targets).float().mean()
+def _accuracy(hits: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+    """Fraction of the selected frames whose argmax is the label; 0 when none is selected."""
+    return (hits & selection).sum().float() / selection.sum().clamp_min(1).float()
 
 
 class HubertObjective(nn.Module):
@@ -217,6 +231,8 @@ class HubertObjective(nn.Module):
                     f"Label set {i} has shape {tuple(label_set.shape)}; expected (B, T) = ({batch_size}, "
                     f"{num_frames}); align it with align_labels_to_frames first."
                 )
+            if not host_reads_allowed(label_set):
+                continue
             bad = (label_set != IGNORE_INDEX) & ((label_set < 0) | (label_set >= clusters))
             if bad.any():
                 raise ValueError(
@@ -227,19 +243,24 @@ class HubertObjective(nn.Module):
         valid = frame_mask.to(torch.bool) if frame_mask is not None else torch.ones_like(mask)
         for label_set in labels:
             valid = valid & (label_set != IGNORE_INDEX)
-        masked, unmasked = valid & mask, valid & ~mask
+        # Logits for every frame and sums weighted by the masked / unmasked selections: shapes
+        # follow from the padded batch alone (no boolean selection, no host synchronisation).
+        masked, unmasked = (valid & mask).flatten(), (valid & ~mask).flatten()
         config = self.config
-        terms = {}
-        for name, selection in (("masked", masked), ("unmasked", unmasked)):
-            weight = config.hubert_pred_masked_weight if name == "masked" else config.hubert_pred_nomask_weight
-            with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-                logits = self.label_logits(hidden_states[selection])
-            targets = [label_set[selection].long() for label_set in labels]
-            loss = sum(F.cross_entropy(l, t, reduction="sum") for l, t in zip(logits, targets))
-            accuracy = torch.stack([_accuracy(l.detach(), t) for l, t in zip(logits, targets)])
-            terms[name] = (weight, loss, accuracy, selection.sum(), logits)
-        weight_m, masked_loss, masked_accuracy, num_masked, logits_masked = terms["masked"]
-        weight_u, unmasked_loss, unmasked_accuracy, num_unmasked, _ = terms["unmasked"]
+        weight_m, weight_u = config.hubert_pred_masked_weight, config.hubert_pred_nomask_weight
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (weight_m > 0 or weight_u > 0)):
+            frame_logits = self.label_logits(hidden_states.reshape(batch_size * num_frames, -1))
+        masked_loss = unmasked_loss = hidden_states.new_zeros((), dtype=torch.float32)
+        masked_accuracy, unmasked_accuracy = [], []
+        for logits, label_set in zip(frame_logits, labels):
+            targets = label_set.flatten().long().clamp_min(0)
+            cross_entropy = F.cross_entropy(logits, targets, reduction="none")
+            masked_loss = masked_loss + (cross_entropy * masked).sum()
+            unmasked_loss = unmasked_loss + (cross_entropy * unmasked).sum()
+            hits = logits.detach().argmax(dim=-1) == targets
+            masked_accuracy.append(_accuracy(hits, masked))
+            unmasked_accuracy.append(_accuracy(hits, unmasked))
+        num_masked, num_unmasked = masked.sum(), unmasked.sum()
         loss = hidden_states.new_zeros((), dtype=torch.float32)
         sample_size = torch.zeros_like(num_masked)
         if weight_m > 0:
@@ -255,10 +276,11 @@ class HubertObjective(nn.Module):
             masked_loss=masked_loss,
             unmasked_loss=unmasked_loss,
             feature_penalty=feature_penalty,
-            masked_accuracy=masked_accuracy,
-            unmasked_accuracy=unmasked_accuracy,
+            masked_accuracy=torch.stack(masked_accuracy),
+            unmasked_accuracy=torch.stack(unmasked_accuracy),
             num_masked=num_masked,
             num_unmasked=num_unmasked,
             sample_size=sample_size,
-            logits_masked=logits_masked,
+            frame_logits=frame_logits,
+            masked_frames=masked,
         )

@@ -14,9 +14,12 @@ steps, the criterion's ``sample_size``; divide ``loss`` by ``num_masked`` for a 
 * ``loss`` = contrastive + ``diversity_loss_weight`` * diversity
   + ``feature_penalty_weight`` * ``feature_penalty`` * N.
 
-Only masked steps, plus the unmasked steps that explicit negatives point to, are quantized.
-The logits are one (N, M) product of unit context vectors and unit targets (M quantized
-steps), gathered at each step's 1 + K candidates: no (N, 1 + K, P) candidate tensor is built.
+Every step is projected and quantized and the loss is a sum over the masked ones, so all
+shapes follow from the padded batch (B, T) alone: no boolean selection, no host
+synchronisation on a GPU, one graph per padded length under ``torch.compile``. The logits are
+one (B*T, B*T) product of unit context vectors and unit targets, gathered at each step's
+1 + K candidates: no (N, 1 + K, P) candidate tensor is built. A distractor is "the same as
+the positive" (logit -inf, as in fairseq) when it has the positive's codebook entries.
 The diversity term uses the softmax perplexity in training (fairseq's ``prob_perplexity``)
 and, as transformers does, the argmax perplexity in evaluation (fairseq keeps the softmax
 one there too), so evaluation losses equal transformers' ``Wav2Vec2ForPreTraining``.
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from ..host_reads import host_reads_allowed
 from ..masking import sample_negative_indices
 from ..linear import Linear
 from ..quantizer import GumbelProductQuantizer
@@ -52,7 +56,9 @@ class Wav2Vec2ObjectiveOutput(ModelOutput):
         code_perplexity: perplexity of the hard codebook choices over masked frames.
         accuracy: fraction of masked steps whose positive has the strictly highest logit.
         num_masked: number of masked steps N (long).
-        logits: (N, 1 + K) logits of the masked steps in (b, t) order; column 0 = positive.
+        step_logits: (B*T, 1 + K) logits of every step; column 0 = positive. Only the masked
+            rows (``masked_steps``) enter the loss; `logits` selects them.
+        masked_steps: (B*T,) bool, the steps the loss sums over.
         hidden_states: filled by the pretraining model when asked for hidden states.
         gumbel_temperature: the quantizer's temperature (training only).
     """
@@ -65,9 +71,15 @@ class Wav2Vec2ObjectiveOutput(ModelOutput):
     code_perplexity: torch.Tensor | None = None
     accuracy: torch.Tensor | None = None
     num_masked: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
+    step_logits: torch.Tensor | None = None
+    masked_steps: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     gumbel_temperature: torch.Tensor | None = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(N, 1 + K) logits of the masked steps in (b, t) order (a boolean selection: reads the mask)."""
+        return self.step_logits[self.masked_steps]
 
     @property
     def sample_size(self) -> torch.Tensor:
@@ -85,20 +97,19 @@ class Wav2Vec2ObjectiveOutput(ModelOutput):
         return metrics
 
 
-def contrastive_accuracy(logits: torch.Tensor) -> torch.Tensor:
+def contrastive_accuracy(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """fairseq's accuracy: column 0 is the argmax and not also the argmin (all-equal rows fail).
 
     Args:
         logits: (N, 1 + K) with the positive in column 0.
+        weights: (N,) 1 on the rows to average over, 0 elsewhere; None = all rows.
 
     Returns:
-        scalar float tensor; 0 when N = 0.
+        scalar float tensor; 0 when no row counts.
     """
-    if logits.shape[0] == 0:
-        return logits.new_zeros((), dtype=torch.float32)
-    best = logits.argmax(dim=-1) == 0
-    worst = logits.argmin(dim=-1) == 0
-    return (best & ~worst).float().mean()
+    hits = ((logits.argmax(dim=-1) == 0) & (logits.argmin(dim=-1) != 0)).float()
+    weights = torch.ones_like(hits) if weights is None else weights.float()
+    return (hits * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 class Wav2Vec2Objective(nn.Module):
@@ -167,37 +178,37 @@ class Wav2Vec2Objective(nn.Module):
                 f"sampled_negative_indices must be (B, T, K) = ({batch_size}, {num_frames}, K), got "
                 f"{tuple(sampled_negative_indices.shape)}."
             )
+        steps = batch_size * num_frames
         flat_mask = mask.flatten()
-        negatives = sampled_negative_indices[mask].long()  # (N, K) flat step indices
-        if negatives.numel() and (int(negatives.min()) < 0 or int(negatives.max()) >= batch_size * num_frames):
-            raise ValueError(
-                f"sampled_negative_indices must index the B*T = {batch_size * num_frames} steps; got values in "
-                f"[{int(negatives.min())}, {int(negatives.max())}]."
-            )
-        # Quantize the masked steps and any step a distractor points to, nothing else.
-        needed = flat_mask.clone()
-        needed[negatives.flatten()] = True
-        position = torch.cumsum(needed.long(), dim=0) - 1  # flat step -> row among needed steps
-        needed_features = extract_features.reshape(batch_size * num_frames, -1)[needed]
-        quantized = self.quantizer(needed_features, mask=flat_mask[needed], generator=generator)
-        targets = self.project_q(quantized.codevectors.to(self.project_q.weight.dtype))  # (M, P)
-        predictions = self.project_hid(hidden_states[mask])  # (N, P)
-        # Candidate j of step i is row candidate_rows[i, j] of `targets` (column 0 = the positive).
-        candidate_rows = torch.cat([position[flat_mask][:, None], position[negatives]], dim=1)  # (N, 1 + K)
-        # cos(c, q) = unit(c) . unit(q) (F.cosine_similarity's definition): one (N, M) product of
-        # unit vectors, then a gather, instead of gathering an (N, 1 + K, P) candidate tensor.
+        negatives = sampled_negative_indices.reshape(steps, -1).long()  # (B*T, K) flat step indices
+        if host_reads_allowed(negatives) and negatives.numel():
+            used = negatives[flat_mask]
+            if used.numel() and (int(used.min()) < 0 or int(used.max()) >= steps):
+                raise ValueError(
+                    f"sampled_negative_indices must index the B*T = {steps} steps; got values in "
+                    f"[{int(used.min())}, {int(used.max())}]."
+                )
+        quantized = self.quantizer(extract_features.reshape(steps, -1), mask=flat_mask, generator=generator)
+        targets = self.project_q(quantized.codevectors.to(self.project_q.weight.dtype))  # (B*T, P)
+        predictions = self.project_hid(hidden_states.reshape(steps, -1))  # (B*T, P)
+        # Candidate j of step i is step candidates[i, j] (column 0 = the positive, the step itself).
+        # (Unmasked rows take no part in the loss; clamping keeps any values they hold in range.)
+        candidates = torch.cat([torch.arange(steps, device=negatives.device)[:, None], negatives.clamp(0, steps - 1)],
+                               dim=1)
+        # cos(c, q) = unit(c) . unit(q) (F.cosine_similarity's definition), in fp32.
         unit_predictions = F.normalize(predictions.float(), dim=-1, eps=1e-8)
         unit_targets = F.normalize(targets.float(), dim=-1, eps=1e-8)
-        logits = (unit_predictions @ unit_targets.T).gather(1, candidate_rows)
+        logits = (unit_predictions @ unit_targets.T).gather(1, candidates)
         logits = logits / self.config.contrastive_logits_temperature
-        # A distractor whose target vector equals the positive's cannot be told apart: -inf (fairseq).
-        if targets.shape[0]:
-            vector_ids = torch.unique(targets.detach(), dim=0, return_inverse=True)[1]  # (M,) equal rows, equal id
-            candidate_ids = vector_ids[candidate_rows]
-            same_as_positive = candidate_ids[:, 1:] == candidate_ids[:, :1]  # (N, K)
-            logits[:, 1:] = logits[:, 1:].masked_fill(same_as_positive, float("-inf"))
-        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        contrastive_loss = F.cross_entropy(logits, target, reduction="sum")
+        # A distractor with the positive's codebook entries has its target vector: -inf (fairseq).
+        codes = quantized.codevector_indices.detach()
+        code_ids = (codes * self.quantizer.num_vars ** torch.arange(codes.shape[1], device=codes.device)).sum(-1)
+        candidate_ids = code_ids[candidates]
+        same_as_positive = candidate_ids[:, 1:] == candidate_ids[:, :1]  # (B*T, K)
+        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same_as_positive, float("-inf"))], dim=1)
+        target = torch.zeros(steps, dtype=torch.long, device=logits.device)
+        per_step = F.cross_entropy(logits, target, reduction="none")
+        contrastive_loss = (per_step * flat_mask).sum()
 
         num_masked = flat_mask.sum()
         num_codevectors = self.quantizer.num_groups * self.quantizer.num_vars
@@ -212,8 +223,9 @@ class Wav2Vec2Objective(nn.Module):
             feature_penalty=feature_penalty,
             codevector_perplexity=quantized.perplexity,
             code_perplexity=quantized.code_perplexity,
-            accuracy=contrastive_accuracy(logits.detach()),
+            accuracy=contrastive_accuracy(logits.detach(), flat_mask),
             num_masked=num_masked,
-            logits=logits,
-            gumbel_temperature=torch.tensor(self.quantizer.temperature) if self.training else None,
+            step_logits=logits,
+            masked_steps=flat_mask,
+            gumbel_temperature=torch.tensor(self.quantizer.temperature, device=logits.device) if self.training else None,
         )
