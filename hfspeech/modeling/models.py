@@ -325,8 +325,11 @@ class SpeechEncoderForCTC(SpeechEncoderPreTrainedModel):
         target_lengths = valid.sum(-1)
         targets = labels.clamp_min(0)
         log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-        with torch.backends.cudnn.flags(enabled=False):
-            return F.ctc_loss(
-                log_probs, targets, frame_lengths, target_lengths, blank=self.config.pad_token_id,
-                reduction=self.config.ctc_loss_reduction, zero_infinity=self.config.ctc_zero_infinity,
-            )
+        # (B, L) long targets on the logits' device: torch's own kernel, never cuDNN's (which takes
+        # 1-D int32 CPU targets and needs blank 0), so GPU and CPU compute the same loss. The one
+        # host read left on a GPU is inside it: torch copies the (B,) lengths to the host to size
+        # its alpha table (and dynamo leaves the op out of the compiled graphs for that reason).
+        return F.ctc_loss(
+            log_probs, targets, frame_lengths, target_lengths, blank=self.config.pad_token_id,
+            reduction=self.config.ctc_loss_reduction, zero_infinity=self.config.ctc_zero_infinity,
+        )

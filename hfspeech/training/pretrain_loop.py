@@ -1,9 +1,10 @@
 """Pretraining, for both objectives: one flat loop over `TrainingLoop` updates (``engine``), the
 objective scored on held-out audio every ``eval_steps``, ``final/`` written at the end.
 
-Masks and wav2vec 2.0 negatives of each micro-batch are drawn from a generator seeded by the
-micro-batch's global index (`micro_batch_seed`), so 1 process x 4 accumulation steps and 4
-processes x 1 draw the same masks, and a resumed run draws what the uninterrupted one did.
+Masks, wav2vec 2.0 negatives and dropout of each micro-batch are drawn after seeding torch
+with the micro-batch's global index (`micro_batch_seed`, `seeded_forward`), so 1 process x 4
+accumulation steps and 4 processes x 1 draw the same masks, and a resumed run draws what the
+uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -63,10 +64,9 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
     model = loop.prepare(batches_for_epoch)
 
     def forward(model, batch: dict[str, Any], update: int, micro_step: int):
-        generator = torch.Generator(device=accelerator.device).manual_seed(micro_batch_seed(
+        return seeded_forward(model, batch, micro_batch_seed(
             args.seed, update, micro_step, accelerator.process_index, accelerator.num_processes,
             args.gradient_accumulation_steps))
-        return model(**batch, generator=generator)
 
     for update in range(loop.start, args.max_steps):
         loop.update(update, forward)
@@ -90,18 +90,29 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
     return {"step": args.max_steps, **loop.state, "metrics": loop.metrics}
 
 
+def seeded_forward(model, batch: dict[str, Any], seed: int):
+    """``model(**batch)`` with its masks, negatives, Gumbel noise and dropout drawn from ``seed``.
+
+    The default generators are seeded with ``seed`` rather than a ``generator`` argument
+    passed: dynamo cannot trace a Generator (every draw would break a compiled graph), and
+    this way compiled and eager runs draw alike (exactly so on eager kernels; inductor
+    generates its own random numbers from the same seed).
+    """
+    torch.manual_seed(seed)
+    return model(**batch)
+
+
 @torch.no_grad()
 def evaluate_pretraining(model, dev_batches: BatchFactory, accelerator: Accelerator, seed: int) -> dict[str, float]:
     """The objective's loss and accuracies on held-out audio, in eval mode (no dropout).
 
-    Batch i is masked with a generator seeded ``seed + i``, so every evaluation of a run scores
+    Batch i is masked after seeding torch with ``seed + i``, so every evaluation of a run scores
     the same masked frames (and the same wav2vec 2.0 negatives).
     """
     model.eval()
     sums = MetricSums()
     for index, batch in enumerate(dev_batches(0)):
-        generator = torch.Generator(device=accelerator.device).manual_seed(seed + index)
-        sums.add(model(**to_device(batch, accelerator.device), generator=generator))
+        sums.add(seeded_forward(model, to_device(batch, accelerator.device), seed + index))
     if not sums.totals:
         raise ValueError("The dev data yields no batch: no held-out utterance is long enough.")
     return averages(sums.reduce(accelerator))

@@ -5,6 +5,8 @@ On a GPU, ``.item()``/``int()``/``bool()`` of a tensor, ``nonzero``, boolean ind
 shape is data-dependent). A dispatch mode sees every aten op of a CPU run, so it counts those
 ops exactly; `no_host_reads` makes the models take the path they take on a GPU. The same
 seeds must give the same losses on both paths (the CPU path only adds checks and shortcuts).
+Not visible here: on a GPU, torch's own ``ctc_loss`` copies the (B,) length tensors to the host
+(it sizes its alpha table from the longest target), one small read per CTC step.
 """
 
 from __future__ import annotations
