@@ -146,7 +146,7 @@ class TrainingLoop:
 
     ``args`` needs ``output_dir``, ``max_steps``, ``gradient_accumulation_steps``, ``max_grad_norm``
     (0: no clipping, the norm is still measured), ``logging_steps``, ``keep_checkpoints``, ``resume``,
-    ``torch_compile(_backend)``, ``mixed_precision``, ``fsdp(_reshard_after_forward)``, ``push_to_hub`` and
+    ``torch_compile(_backend)``, ``fsdp(_reshard_after_forward)``, ``push_to_hub`` and
     ``hub_model_id``. ``state`` holds the caller's own
     counters to checkpoint (JSON values), restored on resume.
     """
@@ -162,7 +162,7 @@ class TrainingLoop:
         self.metrics: dict[str, float] = {}  # of the last applied update
         self.losses: list[float] = []  # per update of this process's run (nan where skipped)
         self.sharded = args.fsdp
-        check_sharding(args.fsdp, accelerator, model, args.mixed_precision)
+        check_sharding(args.fsdp, accelerator, model)
 
     def prepare(self, batches_for_epoch: BatchFactory) -> torch.nn.Module:
         """Resume from ``output_dir/latest`` (with ``args.resume``), compile, hand the model and optimizer
@@ -175,7 +175,7 @@ class TrainingLoop:
             logger.info("Resuming from %s (update %d).", checkpoint, self.start)
         self.state.setdefault("model_updates", self.start)  # updates applied: skipped ones do not count
         if self.sharded:  # FSDP2 in place of DDP: accelerate prepares the optimizer only
-            self.unwrapped = shard_model(self.model, self.optimizer, self.accelerator, self.args.mixed_precision,
+            self.unwrapped = shard_model(self.model, self.optimizer, self.accelerator,
                                          self.args.fsdp_reshard_after_forward)
             self.model = compile_model(self.unwrapped, self.args.torch_compile, self.args.torch_compile_backend)
             self.optimizer = self.accelerator.prepare(self.optimizer)

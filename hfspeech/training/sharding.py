@@ -55,7 +55,7 @@ from accelerate.utils import DistributedType
 
 from ..modeling.encoder import EncoderLayer
 
-def check_sharding(fsdp: bool, accelerator: Accelerator, model: torch.nn.Module, mixed_precision: str) -> None:
+def check_sharding(fsdp: bool, accelerator: Accelerator, model: torch.nn.Module) -> None:
     """Refuse what the FSDP2 path cannot do, naming the fix (see the module docstring)."""
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ValueError(
@@ -69,7 +69,7 @@ def check_sharding(fsdp: bool, accelerator: Accelerator, model: torch.nn.Module,
             "fsdp: true needs at least 2 processes to shard over, but this run has 1. Launch several "
             "(accelerate launch --config_file recipes/librispeech/accelerate/fsdp_8gpu.yaml ..., or torchrun "
             "--nproc_per_node N on CPUs), or set fsdp: false: one process holds the whole model anyway.")
-    if mixed_precision == "fp16":
+    if accelerator.mixed_precision == "fp16":
         raise ValueError(
             "fsdp: true with mixed_precision: fp16 is not supported: the GradScaler would see only its own "
             "shard's overflows. Use mixed_precision: bf16 (or no).")
@@ -86,11 +86,12 @@ def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def shard_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator,
-                mixed_precision: str, reshard_after_forward: bool = True) -> torch.nn.Module:
+                reshard_after_forward: bool = True) -> torch.nn.Module:
     """``fully_shard`` every Transformer layer, then the root; re-point ``optimizer`` at the shards.
 
     ``optimizer`` was built (and, on resume, loaded) over the whole model; its state, if any,
-    is sharded the same way. Returns ``model`` itself (FSDP2 changes it in place).
+    is sharded the same way. The mixed precision is the accelerator's. Returns ``model`` itself (FSDP2
+    changes it in place).
     """
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                          set_optimizer_state_dict)
@@ -108,7 +109,7 @@ def shard_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, accele
         full_optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if mixed_precision == "bf16" else MixedPrecisionPolicy())
+              if accelerator.mixed_precision == "bf16" else MixedPrecisionPolicy())
     options = dict(mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward,
                    shard_placement_fn=lambda parameter: shard_dimension(parameter, accelerator.num_processes))
     for layer in layers:

@@ -59,10 +59,11 @@ def main() -> None:
     parser.add_argument("--layerdrop", type=float, default=0.0)
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--compile-backend", default="", help="torch.compile the model with this backend")
     args = parser.parse_args()
     from accelerate import DistributedDataParallelKwargs
 
-    accelerator = Accelerator(cpu=True, kwargs_handlers=[
+    accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=args.layerdrop > 0)])
     torch.manual_seed(0)
     config = SpeechEncoderConfig.from_preset(
@@ -82,7 +83,8 @@ def main() -> None:
     training = PretrainingArguments(
         output_dir=str(args.output_dir), max_steps=args.steps, gradient_accumulation_steps=args.accumulation,
         learning_rate=1e-3, warmup_ratio=0.0, save_steps=args.save_steps, logging_steps=1, seed=7, fsdp=args.fsdp,
-        mixed_precision=args.mixed_precision)
+        mixed_precision=args.mixed_precision, torch_compile=bool(args.compile_backend),
+        torch_compile_backend=args.compile_backend or "inductor")
     state = run_pretraining(model, batches_for_epoch, training, accelerator)
     if args.fsdp:  # what this rank holds, and the whole parameters gathered from every rank's shard
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
