@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 MIXED_PRECISION_HELP = ("no, bf16 or fp16 (fp16 scales the loss with a GradScaler and skips overflowing updates; "
                         "on CPUs it runs but is slow: use bf16 there)")
-TORCH_COMPILE_HELP = "torch.compile the model (after loading weights, before accelerate's prepare)"
+TORCH_COMPILE_HELP = ("torch.compile the model (after loading weights and, with fsdp, sharding; "
+                      "before accelerate's prepare)")
 VERIFY_DATA_HELP = ("decode every audio file of the data once before the first update (in parallel; see "
                     "hfspeech.data.verification) and stop with the list of corrupt, empty or undecodable files")
 DATALOADER_WORKERS_HELP = ("processes decoding and collating batches beside training (0: in the training process); "

@@ -106,7 +106,8 @@ def shard_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, accele
     order = [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
     full_optimizer_state = None
     if optimizer.state:  # resumed: the loaded (whole) moments, keyed by parameter name
-        full_optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+        full_optimizer_state = get_optimizer_state_dict(model, optimizer,
+                                                        options=StateDictOptions(full_state_dict=True))
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if accelerator.mixed_precision == "bf16" else MixedPrecisionPolicy())

@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--crash-after-batches", type=int, default=0)
     parser.add_argument("--layerdrop", type=float, default=0.0)
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--max-grad-norm", type=float, default=10.0)
     parser.add_argument("--mixed-precision", default="no")
     parser.add_argument("--compile-backend", default="", help="torch.compile the model with this backend")
     args = parser.parse_args()
@@ -83,6 +84,7 @@ def main() -> None:
     training = PretrainingArguments(
         output_dir=str(args.output_dir), max_steps=args.steps, gradient_accumulation_steps=args.accumulation,
         learning_rate=1e-3, warmup_ratio=0.0, save_steps=args.save_steps, logging_steps=1, seed=7, fsdp=args.fsdp,
+        max_grad_norm=args.max_grad_norm,
         mixed_precision=args.mixed_precision, torch_compile=bool(args.compile_backend),
         torch_compile_backend=args.compile_backend or "inductor")
     state = run_pretraining(model, batches_for_epoch, training, accelerator)

@@ -21,7 +21,7 @@ from accelerate.utils import DistributedType
 
 from hfspeech import SpeechEncoderConfig, SpeechEncoderForCTC, SpeechEncoderForPreTraining
 from hfspeech.training.sharding import check_sharding, shard_dimension
-from helpers import FIXTURES, HELPERS, ROOT
+from helpers import FIXTURES, ROOT
 from test_training import _fresh_accelerator, _tiny_run, assert_same_params, load_params, run_script
 
 
@@ -34,10 +34,12 @@ def losses(output_dir: Path) -> list[float]:
 
 
 def test_two_sharded_processes_hold_half_each_and_train_as_one_process(tmp_path):
-    """2 FSDP2 processes x 1 micro-batch == 1 process x 2 accumulation steps; each holds half of every tensor."""
-    single = run_script(tmp_path / "single", "--accumulation", "2", "--steps", "3", "--save-steps", "2")
+    """2 FSDP2 processes x 1 micro-batch == 1 process x 2 accumulation steps; each holds half of every tensor.
+    The gradient norm is clipped at 0.05 (below the tiny model's), so the norm of the shards must be the global one."""
+    clipped = ("--max-grad-norm", "0.05")
+    single = run_script(tmp_path / "single", "--accumulation", "2", "--steps", "3", "--save-steps", "2", *clipped)
     assert single.returncode == 0, single.stderr[-3000:]
-    sharded = sharded_run(tmp_path / "sharded", "--steps", "3", "--save-steps", "2")
+    sharded = sharded_run(tmp_path / "sharded", "--steps", "3", "--save-steps", "2", *clipped)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert json.loads((tmp_path / "sharded" / "result.json").read_text())["num_processes"] == 2
 
@@ -116,9 +118,9 @@ def test_sharded_finetuning_equals_ddp_finetuning(tmp_path):
     for name, extra in (("ddp", []), ("fsdp", ["fsdp=true"])):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    str(ROOT / "recipes" / "finetune.py"), str(ROOT / "recipes" / "tiny" / "finetune.yaml"),
-                   f"model={tmp_path / 'pretrained'}", f"output_dir={tmp_path / name}", f"train_data={FIXTURES / 'an4'}",
-                   f"dev_data={FIXTURES / 'an4'}", "max_steps=4", "freeze_transformer_steps=2", "eval_steps=2",
-                   "save_steps=2", *extra]
+                   f"model={tmp_path / 'pretrained'}", f"output_dir={tmp_path / name}",
+                   f"train_data={FIXTURES / 'an4'}", f"dev_data={FIXTURES / 'an4'}", "max_steps=4",
+                   "freeze_transformer_steps=2", "eval_steps=2", "save_steps=2", *extra]
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         assert (tmp_path / name / "best" / "model.safetensors").exists()
