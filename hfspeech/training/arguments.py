@@ -21,12 +21,17 @@ T = TypeVar("T")
 
 MIXED_PRECISION_HELP = ("no, bf16 or fp16 (fp16 scales the loss with a GradScaler and skips overflowing updates; "
                         "on CPUs it runs but is slow: use bf16 there)")
-TORCH_COMPILE_HELP = "torch.compile the model (after loading weights, before accelerate's prepare)"
+TORCH_COMPILE_HELP = ("torch.compile the model (after loading weights and, with fsdp, sharding; "
+                      "before accelerate's prepare)")
 VERIFY_DATA_HELP = ("decode every audio file of the data once before the first update (in parallel; see "
                     "hfspeech.data.verification) and stop with the list of corrupt, empty or undecodable files")
 DATALOADER_WORKERS_HELP = ("processes decoding and collating batches beside training (0: in the training process); "
                            "crops and speed factors do not depend on it (hfspeech.data.BatchSeeds)")
 PIN_MEMORY_HELP = "page-locked batches for faster host-to-GPU copies (used only when training on a GPU)"
+FSDP_HELP = ("shard parameters, gradients and optimizer state over the processes with FSDP2 (fully_shard per "
+             "Transformer layer; hfspeech.training.sharding), for the large/xlarge presets; needs 2+ processes")
+RESHARD_HELP = ("fsdp: free each layer's gathered parameters after its forward and gather them again for the backward "
+                "(less memory); false keeps them from forward to backward (one all-gather less per layer)")
 TORCH_COMPILE_BACKEND_HELP = ("torch.compile backend: inductor (generated kernels; minutes of compilation on a CPU), "
                               "aot_eager or eager (trace only, for checking a model compiles)")
 
@@ -70,6 +75,8 @@ class PretrainingArguments:
     mixed_precision: str = field(default="no", metadata={"help": MIXED_PRECISION_HELP})
     torch_compile: bool = field(default=False, metadata={"help": TORCH_COMPILE_HELP})
     torch_compile_backend: str = field(default="inductor", metadata={"help": TORCH_COMPILE_BACKEND_HELP})
+    fsdp: bool = field(default=False, metadata={"help": FSDP_HELP})
+    fsdp_reshard_after_forward: bool = field(default=True, metadata={"help": RESHARD_HELP})
     save_steps: int = 1000
     keep_checkpoints: int = 2
     logging_steps: int = 10
@@ -135,6 +142,8 @@ class FinetuningArguments:
     mixed_precision: str = field(default="no", metadata={"help": MIXED_PRECISION_HELP})
     torch_compile: bool = field(default=False, metadata={"help": TORCH_COMPILE_HELP})
     torch_compile_backend: str = field(default="inductor", metadata={"help": TORCH_COMPILE_BACKEND_HELP})
+    fsdp: bool = field(default=False, metadata={"help": FSDP_HELP})
+    fsdp_reshard_after_forward: bool = field(default=True, metadata={"help": RESHARD_HELP})
     push_to_hub: bool = False
     hub_model_id: str = ""
 

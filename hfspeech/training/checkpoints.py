@@ -100,19 +100,22 @@ def write_directory_atomically(directory: Path, write: Callable[[Path], None]) -
 def save_checkpoint(
     output_dir: Path, step: int, model, optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any],
     run_config: dict[str, Any], keep: int = 2, scaler: torch.amp.GradScaler | None = None,
+    model_state: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``output_dir/step-NNNNNNNN`` atomically and point ``latest`` at it.
 
     ``state`` holds the loop's own counters (data position, skipped steps, ...); it must
-    be JSON-serialisable. ``scaler``: the fp16 gradient scaler, if any. Keeps the newest
-    ``keep`` checkpoints.
+    be JSON-serialisable. ``scaler``: the fp16 gradient scaler, if any. ``model_state`` and
+    ``optimizer_state``: the whole states to write in place of the live model's and optimizer's
+    (a sharded model's, gathered by `sharding.full_states`). Keeps the newest ``keep`` checkpoints.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
 
     def write(directory: Path) -> None:
-        model.save_pretrained(directory)
-        training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states()}
+        model.save_pretrained(directory, state_dict=model_state)
+        training_state = {"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                          "scheduler": scheduler.state_dict(), "rng": rng_states()}
         if scaler is not None:
             training_state["scaler"] = scaler.state_dict()
         torch.save(training_state, directory / "training_state.pt")
@@ -142,8 +145,10 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 IGNORED_CONFIG_KEYS = ("max_steps", "output_dir", "resume", "logging_steps", "save_steps", "keep_checkpoints", "eval_steps",
-                       "push_to_hub", "hub_model_id", "torch_compile", "torch_compile_backend")
-"""Run-config fields a resumed run may change: how long it runs, where it reports and saves, whether it compiles."""
+                       "push_to_hub", "hub_model_id", "torch_compile", "torch_compile_backend", "fsdp",
+                       "fsdp_reshard_after_forward")
+"""Run-config fields a resumed run may change: how long it runs, where it reports and saves, whether it compiles
+or shards (a sharded run writes the same whole states)."""
 
 
 def check_run_config(path: Path, run_config: dict[str, Any], ignore_keys: tuple[str, ...] = IGNORED_CONFIG_KEYS) -> None:

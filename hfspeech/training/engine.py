@@ -28,6 +28,9 @@ What the loop does, once for both:
   continues from it exactly (data position, RNG, optimizer, scheduler and fp16 scaler states).
 * **Logging**: a tqdm bar with the loss; TensorBoard ``train/*`` every ``logging_steps`` (with
   ``audio_seconds_per_second``), ``dev/*`` whenever the caller evaluates.
+* **Sharding**: with ``args.fsdp`` the model is sharded with FSDP2 instead of replicated with DDP
+  (`sharding`: after resuming, before compiling); saves gather the full states (`full_states`), so
+  checkpoints and ``final/`` are the same files either way.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from tqdm.auto import tqdm
 
 from .acceleration import compile_model, skip_scaled_update, uncompiled
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomically
+from .sharding import check_sharding, clip_gradients, full_states, gradient_sync, shard_model
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ SAMPLE_RATE = 16000
 BatchFactory = Callable[[int], Iterator[dict[str, Any]]]
 # forward(model, batch, update, micro_step) -> model output with .loss, .sample_size and .metrics()
 Forward = Callable[[torch.nn.Module, dict[str, Any], int, int], Any]
+# write_final(directory, state_dict): save the model there; state_dict is the gathered full one (None: the model's own)
+FinalWriter = Callable[[Path, dict[str, torch.Tensor] | None], None]
 
 
 class EpochStream:
@@ -140,7 +146,8 @@ class TrainingLoop:
 
     ``args`` needs ``output_dir``, ``max_steps``, ``gradient_accumulation_steps``, ``max_grad_norm``
     (0: no clipping, the norm is still measured), ``logging_steps``, ``keep_checkpoints``, ``resume``,
-    ``torch_compile(_backend)``, ``push_to_hub`` and ``hub_model_id``. ``state`` holds the caller's own
+    ``torch_compile(_backend)``, ``fsdp(_reshard_after_forward)``, ``push_to_hub`` and
+    ``hub_model_id``. ``state`` holds the caller's own
     counters to checkpoint (JSON values), restored on resume.
     """
 
@@ -154,6 +161,8 @@ class TrainingLoop:
         self.start = 0
         self.metrics: dict[str, float] = {}  # of the last applied update
         self.losses: list[float] = []  # per update of this process's run (nan where skipped)
+        self.sharded = args.fsdp
+        check_sharding(args.fsdp, accelerator, model)
 
     def prepare(self, batches_for_epoch: BatchFactory) -> torch.nn.Module:
         """Resume from ``output_dir/latest`` (with ``args.resume``), compile, hand the model and optimizer
@@ -165,9 +174,15 @@ class TrainingLoop:
             self.start = self.state.pop("step")
             logger.info("Resuming from %s (update %d).", checkpoint, self.start)
         self.state.setdefault("model_updates", self.start)  # updates applied: skipped ones do not count
-        model = compile_model(self.model, self.args.torch_compile, self.args.torch_compile_backend)
-        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
-        self.unwrapped = uncompiled(self.accelerator, self.model)
+        if self.sharded:  # FSDP2 in place of DDP: accelerate prepares the optimizer only
+            self.unwrapped = shard_model(self.model, self.optimizer, self.accelerator,
+                                         self.args.fsdp_reshard_after_forward)
+            self.model = compile_model(self.unwrapped, self.args.torch_compile, self.args.torch_compile_backend)
+            self.optimizer = self.accelerator.prepare(self.optimizer)
+        else:
+            model = compile_model(self.model, self.args.torch_compile, self.args.torch_compile_backend)
+            self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+            self.unwrapped = uncompiled(self.accelerator, self.model)
         self.unwrapped.set_num_updates(self.state["model_updates"])
         self.stream = EpochStream(batches_for_epoch, self.state["epoch"], self.state["position"])
         self.writer = None
@@ -188,7 +203,11 @@ class TrainingLoop:
         for micro_step in range(args.gradient_accumulation_steps):
             batch = to_device(self.stream.next(), accelerator.device)
             last = micro_step == args.gradient_accumulation_steps - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
+            if self.sharded:
+                synchronising = gradient_sync(self.unwrapped, enabled=last)
+            else:
+                synchronising = contextlib.nullcontext() if last else accelerator.no_sync(model)
+            with synchronising, accelerator.autocast():
                 output = forward(model, batch, update, micro_step)
                 accelerator.backward(output.loss)
             sums.add(output)
@@ -198,13 +217,14 @@ class TrainingLoop:
         loss_sum, sample_size = reduced["loss"]
         finite, unscaled, grad_norm = math.isfinite(loss_sum), False, math.nan
         if sample_size > 0 and finite:
-            scale = accelerator.num_processes / sample_size  # DDP averaged over processes; undo, then / sample size
+            scale = accelerator.num_processes / sample_size  # DDP/FSDP averaged over processes; undo, then / size
             parameters = [p for p in model.parameters() if p.grad is not None]
             for parameter in parameters:
                 parameter.grad.mul_(scale)
             # unscales fp16 gradients first; max_norm=inf only measures (the factor is clamped to exactly 1)
-            grad_norm = float(accelerator.clip_grad_norm_(
-                parameters, args.max_grad_norm if args.max_grad_norm > 0 else math.inf))
+            max_norm = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
+            clip = clip_gradients if self.sharded else accelerator.clip_grad_norm_
+            grad_norm = float(clip(parameters, max_norm))
             unscaled, finite = True, math.isfinite(grad_norm)
         applied = finite and sample_size > 0
         if applied:
@@ -241,22 +261,30 @@ class TrainingLoop:
             for key, value in metrics.items():
                 self.writer.add_scalar(f"dev/{key}", value, update + 1)
 
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The model's whole state dict gathered from its shards (on the main process; collective: every
+        process calls it), or None when the model is not sharded (its own ``state_dict()`` is whole)."""
+        return full_states(self.unwrapped)[0] if self.sharded else None
+
     def save(self, update: int) -> None:
         """Checkpoint after update ``update`` (main process; every process waits for it)."""
         self.accelerator.wait_for_everyone()
+        model_state, optimizer_state = full_states(self.unwrapped, self.optimizer) if self.sharded else (None, None)
         if self.accelerator.is_main_process:
             save_checkpoint(self.output_dir, update + 1, self.unwrapped, self.optimizer, self.scheduler, self.state,
-                            self.run_config, keep=self.args.keep_checkpoints, scaler=self.accelerator.scaler)
+                            self.run_config, keep=self.args.keep_checkpoints, scaler=self.accelerator.scaler,
+                            model_state=model_state, optimizer_state=optimizer_state)
 
-    def finish(self, write_final: Callable[[Path], None]) -> None:
-        """Close the logs; the main process writes ``output_dir/final`` with ``write_final(directory)``
-        (atomically) and pushes it when ``args.push_to_hub``."""
+    def finish(self, write_final: FinalWriter) -> None:
+        """Close the logs; the main process writes ``output_dir/final`` with ``write_final(directory, state_dict)``
+        (atomically; `full_state_dict`) and pushes it when ``args.push_to_hub``."""
         self.progress.close()
         if self.writer is not None:
             self.writer.close()
         self.accelerator.wait_for_everyone()
+        state_dict = self.full_state_dict()
         if self.accelerator.is_main_process:
-            write_directory_atomically(self.output_dir / "final", write_final)
+            write_directory_atomically(self.output_dir / "final", lambda directory: write_final(directory, state_dict))
             if self.args.push_to_hub:  # the complete final/ + model card (token: HF_TOKEN or `hf auth login`)
                 from ..sharing import push_model_directory
 

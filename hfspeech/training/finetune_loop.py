@@ -188,6 +188,10 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         accelerator = Accelerator(mixed_precision=args.mixed_precision, kwargs_handlers=[
             DistributedDataParallelKwargs(find_unused_parameters=True)])  # frozen phase + layerdrop
     enable_fp16_on_cpu(accelerator)
+    if args.fsdp and args.average_checkpoints > 1:
+        raise ValueError(f"fsdp: true with average_checkpoints={args.average_checkpoints}: the averaged checkpoints "
+                         "are read and loaded on the main process only, which holds one shard. Set "
+                         "average_checkpoints: 0 (final/ = the last update, best/ = the best evaluation) or fsdp: false.")
     output_dir = Path(args.output_dir)
     torch.manual_seed(args.seed)
     if args.verify_data:  # decode every file once before the first update; one error lists every bad one
@@ -255,9 +259,10 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
             loop.log_dev(update, metrics)
             if state["best_wer"] is None or metrics["wer"] < state["best_wer"]:
                 state["best_wer"], state["evaluations_without_improvement"] = metrics["wer"], 0
+                state_dict = loop.full_state_dict()  # gathered on every process when sharded
                 if accelerator.is_main_process:
                     write_directory_atomically(output_dir / "best", lambda directory: _write_model_directory(
-                        directory, loop.unwrapped, processor, metrics, run_config))
+                        directory, loop.unwrapped, processor, metrics, run_config, state_dict))
             else:
                 state["evaluations_without_improvement"] += 1
             if best_checkpoints is not None:
@@ -276,18 +281,20 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         metrics = evaluate(loop.unwrapped)
         logger.info("final/ = mean of the %d best evaluations (updates %s): dev WER %.2f%% CER %.2f%%",
                     len(averaged), [entry["update"] for entry in averaged], 100 * metrics["wer"], 100 * metrics["cer"])
-    loop.finish(lambda directory: _write_model_directory(directory, loop.unwrapped, processor, metrics, run_config))
+    loop.finish(lambda directory, state_dict: _write_model_directory(directory, loop.unwrapped, processor, metrics,
+                                                                     run_config, state_dict))
     return {"final": metrics, "best_wer": state["best_wer"], "skipped_updates": state["skipped_updates"],
             "updates": loop.start + len(loop.losses), "stopped_early": stopped_early, "averaged": averaged,
             "unalignable_utterances": unalignable, "train_losses": loop.losses}
 
 
 def _write_model_directory(directory: Path, model, processor: SpeechProcessor, metrics: dict[str, float],
-                           run_config: dict[str, Any]) -> None:
-    """A complete model directory: model, feature extractor and tokenizer, dev metrics, training config."""
+                           run_config: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """A complete model directory: model (``state_dict``: its gathered whole state when sharded), feature
+    extractor and tokenizer, dev metrics, training config."""
     from ..sharing.training_files import write_training_config
 
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, state_dict=state_dict)
     processor.save_pretrained(directory)
     (directory / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
     write_training_config(directory, run_config)

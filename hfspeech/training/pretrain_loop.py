@@ -41,7 +41,7 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
     every ``args.eval_steps`` updates and at the end (``dev/...`` in TensorBoard, ``dev_metrics``
     in the result: HuBERT masked-frame accuracy, wav2vec 2.0 contrastive accuracy).
 
-    Returns the loop's final state (step, skipped updates, last metrics). ``output_dir/final`` is the
+    Returns the loop's final state (step, skipped updates, last metrics, per-update losses). ``output_dir/final`` is the
     pretrained model (with the k-means behind HuBERT labels), loadable with ``from_pretrained``.
     """
     from accelerate import DistributedDataParallelKwargs
@@ -77,17 +77,17 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
             loop.unwrapped.config.num_pretraining_updates = earlier_updates + loop.state["model_updates"]
             loop.save(update)
 
-    def write_final(directory: Path) -> None:
+    def write_final(directory: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
         from ..sharing.training_files import copy_label_kmeans, write_training_config
 
         loop.unwrapped.config.num_pretraining_updates = earlier_updates + loop.state["model_updates"]
-        loop.unwrapped.save_pretrained(directory)
+        loop.unwrapped.save_pretrained(directory, state_dict=state_dict)
         write_training_config(directory, run_config)
         if args.labels:  # HuBERT: the k-means behind the labels travel with the model
             copy_label_kmeans(args.labels, directory)
 
     loop.finish(write_final)
-    return {"step": args.max_steps, **loop.state, "metrics": loop.metrics}
+    return {"step": args.max_steps, **loop.state, "metrics": loop.metrics, "train_losses": loop.losses}
 
 
 def seeded_forward(model, batch: dict[str, Any], seed: int):

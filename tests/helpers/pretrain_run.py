@@ -57,10 +57,14 @@ def main() -> None:
     parser.add_argument("--objective", default="wav2vec2")
     parser.add_argument("--crash-after-batches", type=int, default=0)
     parser.add_argument("--layerdrop", type=float, default=0.0)
+    parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--max-grad-norm", type=float, default=10.0)
+    parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--compile-backend", default="", help="torch.compile the model with this backend")
     args = parser.parse_args()
     from accelerate import DistributedDataParallelKwargs
 
-    accelerator = Accelerator(cpu=True, kwargs_handlers=[
+    accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=args.layerdrop > 0)])
     torch.manual_seed(0)
     config = SpeechEncoderConfig.from_preset(
@@ -79,13 +83,23 @@ def main() -> None:
 
     training = PretrainingArguments(
         output_dir=str(args.output_dir), max_steps=args.steps, gradient_accumulation_steps=args.accumulation,
-        learning_rate=1e-3, warmup_ratio=0.0, save_steps=args.save_steps, logging_steps=1, seed=7)
+        learning_rate=1e-3, warmup_ratio=0.0, save_steps=args.save_steps, logging_steps=1, seed=7, fsdp=args.fsdp,
+        max_grad_norm=args.max_grad_norm,
+        mixed_precision=args.mixed_precision, torch_compile=bool(args.compile_backend),
+        torch_compile_backend=args.compile_backend or "inductor")
     state = run_pretraining(model, batches_for_epoch, training, accelerator)
+    if args.fsdp:  # what this rank holds, and the whole parameters gathered from every rank's shard
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        local = {name: parameter.to_local().numel() for name, parameter in model.named_parameters()}
+        (args.output_dir / f"shard-{accelerator.process_index}.json").write_text(json.dumps(local))
+        params = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        params = accelerator.unwrap_model(model).state_dict()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        torch.save({k: v.detach().cpu() for k, v in unwrapped.state_dict().items()}, args.output_dir / "params.pt")
+        torch.save({k: v.detach().cpu() for k, v in params.items()}, args.output_dir / "params.pt")
         (args.output_dir / "result.json").write_text(json.dumps(
-            {"num_processes": accelerator.num_processes, "metrics": state["metrics"]}))
+            {"num_processes": accelerator.num_processes, "metrics": state["metrics"], "losses": state["train_losses"]}))
 
 
 if __name__ == "__main__":
