@@ -210,15 +210,18 @@ def sample_negative_indices(
             "mask_time_length or drop utterances shorter than mask_time_length frames."
         )
     # Fixed shapes, no host synchronisation: a draw for every (b, t), kept where t is masked.
-    # Row b of `order` lists utterance b's masked steps first, in time order; the masked step t
-    # is entry rank[b, t] of it, and each distractor is a uniform pick among the other m_b - 1.
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (B, T)
-    rank = mask.long().cumsum(dim=1) - 1  # (B, T)
-    choices = (num_masked - 1).clamp_min(1)[:, None, None]  # (B, 1, 1)
+    # Row b of `order` lists utterance b's masked steps first, in time order (as flat indices
+    # b * T + t); the masked step t is entry rank[b, t] of it, and each distractor is a uniform
+    # pick among the other m_b - 1. int32 throughout: half the memory traffic of int64.
+    offsets = (torch.arange(batch_size, device=device, dtype=torch.int32) * num_frames)[:, None]
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True).to(torch.int32) + offsets  # (B, T)
+    rank = mask.cumsum(dim=1, dtype=torch.int32) - 1  # (B, T)
+    choices = (num_masked.to(torch.int32) - 1).clamp_min(1)[:, None, None]  # (B, 1, 1)
     uniform = _uniform((batch_size, num_frames, num_negatives), generator, device)
     # floor(U * (m - 1)) is uniform on [0, m - 2]; the minimum only catches float32 rounding up.
-    drawn = torch.minimum(uniform.mul_(choices).long(), choices - 1)
-    drawn = drawn + (drawn >= rank[..., None])  # skip the positive's own entry: uniform over the others
-    steps = order.gather(1, drawn.clamp_max(num_frames - 1).view(batch_size, -1)).view_as(drawn)
-    offsets = (torch.arange(batch_size, device=device) * num_frames)[:, None, None]
-    return torch.where(mask[..., None], steps + offsets, offsets)
+    drawn = uniform.mul_(choices).to(torch.int32)
+    torch.minimum(drawn, choices - 1, out=drawn)
+    drawn += drawn >= rank[..., None]  # skip the positive's own entry: uniform over the others
+    drawn.clamp_(max=num_frames - 1)  # (only rows without masked steps can point past the end)
+    steps = order.gather(1, drawn.view(batch_size, -1)).view_as(drawn)
+    return torch.where(mask[..., None], steps, offsets[..., None]).long()

@@ -95,3 +95,16 @@ def test_gpu_path_reads_no_values_and_gives_the_cpu_paths_loss(step, monkeypatch
     assert cpu_reads, "the counter must see the CPU path's checks (or it counts nothing)"
     assert gpu_reads == []
     torch.testing.assert_close(gpu_loss, cpu_loss, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("step", ["wav2vec2", "hubert", "ctc"])
+def test_bf16_autocast_keeps_the_losses_in_fp32(step, monkeypatch):
+    """Under bf16 autocast (a GPU's mixed precision) logits, log-softmax and cosines stay fp32:
+    the loss is fp32, finite and within bf16's rounding of the fp32 loss."""
+    monkeypatch.setenv(FAST_CPU_ENV, "0")
+    run = ctc_step if step == "ctc" else lambda: pretraining_step(step)
+    full, _ = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = run()
+    assert mixed.dtype == torch.float32 and torch.isfinite(mixed)
+    torch.testing.assert_close(mixed, full, rtol=0.03, atol=0.0)
