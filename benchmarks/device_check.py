@@ -10,9 +10,15 @@ Prints one table and writes JSON (``--json``, default ``device_check.json``). Ro
   example's NumPy masks and negatives included), same shapes, on the same random batch of fairseq's size
   (1.4M samples: 6 crops of 14.6 s), bf16 autocast, SDPA attention;
 * the CTC fine-tuning step, hfspeech vs `Wav2Vec2ForCTC`, same batch;
+* each hfspeech step again under ``torch.compile`` (inductor on a GPU, ``eager`` tracing with
+  ``--smoke``; ``--no-compile`` skips them), with the first step's time (compilation) beside it;
+* on a GPU, the host synchronisations of one hfspeech forward + backward, counted with
+  ``torch.cuda.set_sync_debug_mode("warn")`` (expected: 0 for pretraining, the lengths copy inside
+  torch's ``ctc_loss`` for CTC);
 * k-means (K=500 on 768-dim frames, torch backend) on the device vs the host CPU;
 * greedy and flashlight (no LM) decoding of simulated emissions on the host CPU.
 
+Rows are printed and written to the JSON as they finish, so a run cut short keeps what it measured.
 Each step row reports step time (median of the timed steps), audio seconds per second, peak device
 memory and MFU: the backbone's analytic FLOPs (conv stack, projection, positional conv,
 Transformer; training = 3x forward) per second over the accelerator's dense bf16 peak
@@ -25,6 +31,7 @@ import argparse
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -82,8 +89,8 @@ def _models(kind: str, objective: str, preset: str, device: torch.device):
 
 
 def step_row(kind: str, objective: str, settings: dict, device: torch.device, dtype: torch.dtype,
-             peak_tflops: float | None) -> dict:
-    """Time training steps of one implementation; returns the row."""
+             peak_tflops: float | None, compile_backend: str | None = None) -> dict:
+    """Time training steps of one implementation (``compile_backend``: hfspeech under torch.compile); returns the row."""
     import numpy as np
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
@@ -95,12 +102,15 @@ def step_row(kind: str, objective: str, settings: dict, device: torch.device, dt
     labels = torch.randint(0, 100, (batch, frames), device=device, generator=generator)
     letters = torch.randint(1, 32, (batch, frames // 4), device=device, generator=generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    if compile_backend is not None:  # as the training loops do: no Generator argument (dynamo cannot trace one)
+        model = torch.compile(model, backend=compile_backend)
 
     def loss():
         if objective == "ctc":
             return model(audio, labels=letters).loss
         if kind == "hfspeech":
-            return model(audio, generator=generator, **({"labels": labels} if objective == "hubert" else {})).loss
+            drawn = {} if compile_backend else {"generator": generator}
+            return model(audio, **drawn, **({"labels": labels} if objective == "hubert" else {})).loss
         mask = _compute_mask_indices((batch, frames), config.mask_time_prob, config.mask_time_length, min_masks=2)
         mask_tensor = torch.from_numpy(mask).to(device)
         if objective == "wav2vec2":
@@ -111,27 +121,48 @@ def step_row(kind: str, objective: str, settings: dict, device: torch.device, dt
         return torch.nn.functional.cross_entropy(model.head(hidden[mask_tensor]).float(), labels[mask_tensor],
                                                  reduction="sum")
 
+    def forward_backward():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            value = loss()
+        value.backward()
+        return value
+
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for index in range(settings["warmup"] + settings["steps"]):
         _synchronize(device)
         began = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            value = loss()
-        value.backward()
+        value = forward_backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _synchronize(device)
-        if index >= settings["warmup"]:
-            times.append(time.perf_counter() - began)
-    seconds = statistics.median(times)
+        times.append(time.perf_counter() - began)
+    seconds = statistics.median(times[settings["warmup"]:])
     flops = backbone_flops(config, batch, samples)
-    return {"row": f"{objective} step", "implementation": kind, "step_s": seconds,
+    syncs = None
+    if device.type == "cuda" and kind == "hfspeech":
+        syncs = count_host_syncs(forward_backward)
+        optimizer.zero_grad(set_to_none=True)
+    name = kind if compile_backend is None else f"{kind} compiled ({compile_backend})"
+    return {"row": f"{objective} step", "implementation": name, "step_s": seconds, "first_step_s": times[0],
+            "host_syncs": syncs,
             "audio_s_per_s": batch * samples / 16000 / seconds,
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "tflops": flops / seconds / 1e12, "mfu": flops / seconds / 1e12 / peak_tflops if peak_tflops else None,
             "loss_finite": bool(torch.isfinite(value.detach().float()))}
+
+
+def count_host_syncs(run) -> int:
+    """Host synchronisations while ``run()`` executes on the GPU (torch's sync debug mode warns on each)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message).lower() for warning in caught)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -180,31 +211,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the accelerator's dense peak for MFU")
     parser.add_argument("--json", type=Path, default=Path("device_check.json"))
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = parser.parse_args(argv)
     settings = SMOKE if args.smoke else FULL
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak = args.peak_tflops or next((value for key, value in PEAK_TFLOPS.items() if key in name), None)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    rows = []
-    for objective in ("wav2vec2", "hubert", "ctc"):
-        for kind in ("hfspeech", "transformers"):
-            rows.append(step_row(kind, objective, settings, device, dtype, peak))
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    rows += kmeans_rows(settings, device) + decoding_rows(settings)
     result = {"device": name, "dtype": args.dtype, "settings": settings, "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    args.json.write_text(json.dumps(result, indent=2))
+              "date": time.strftime("%Y-%m-%d"), "rows": []}
     print(f"device check on {name} ({args.dtype}, {settings['preset']}, batch {settings['batch']} x "
           f"{settings['samples'] / 16000:.1f} s)\n")
-    print("| what | implementation | step / run (s) | audio s/s | peak GiB | MFU |\n|---|---|---:|---:|---:|---:|")
-    for row in rows:
+    print("| what | implementation | step / run (s) | first step (s) | audio s/s | peak GiB | MFU | host syncs |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
+
+    def add(row: dict) -> None:  # printed and saved at once: a run cut short keeps what it measured
+        result["rows"].append(row)
+        args.json.write_text(json.dumps(result, indent=2))
         seconds = row.get("step_s", row.get("seconds"))
+        first = f"{row['first_step_s']:.2f}" if "first_step_s" in row else ""
         audio = f"{row['audio_s_per_s']:.0f}" if "audio_s_per_s" in row else ""
         memory = f"{row['peak_memory_gib']:.1f}" if row.get("peak_memory_gib") is not None else ""
         mfu = f"{100 * row['mfu']:.1f} %" if row.get("mfu") is not None else ""
-        print(f"| {row['row']} | {row['implementation']} | {seconds:.4f} | {audio} | {memory} | {mfu} |")
+        syncs = "" if row.get("host_syncs") is None else str(row["host_syncs"])
+        print(f"| {row['row']} | {row['implementation']} | {seconds:.4f} | {first} | {audio} | {memory} | {mfu} | "
+              f"{syncs} |", flush=True)
+
+    backend = "eager" if args.smoke or device.type != "cuda" else "inductor"
+    for objective in ("wav2vec2", "hubert", "ctc"):
+        for kind in ("hfspeech", "transformers"):
+            add(step_row(kind, objective, settings, device, dtype, peak))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    for row in kmeans_rows(settings, device) + decoding_rows(settings):
+        add(row)
+    if not args.no_compile:  # last: compilation takes the longest
+        for objective in ("wav2vec2", "hubert", "ctc"):
+            add(step_row("hfspeech", objective, settings, device, dtype, peak, compile_backend=backend))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     print(f"\nJSON -> {args.json}")
     return 0
 
