@@ -20,15 +20,25 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from ..modeling.fast_cpu.allocator import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
+
+
+def make_accelerator(mixed_precision: str, find_unused_parameters: bool) -> Accelerator:
+    """The loops' `Accelerator`. Launched by torchrun on a machine without an accelerator, it is
+    told ``cpu=True``: accelerate 1.15 otherwise gives every process a world of its own there
+    (each trains alone and all write to the same output directory)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=launched and not torch.accelerator.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
 
 
 def check_mixed_precision(mixed_precision: str) -> None:

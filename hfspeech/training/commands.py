@@ -39,16 +39,14 @@ def load_pretraining_model(args):
 
 
 def run_pretrain(namespace: argparse.Namespace) -> int:
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
+    from .acceleration import make_accelerator
     from .arguments import PretrainingArguments, parse_arguments
     from .pretrain_data import build_dev_batches, build_pretraining_batches
     from .pretrain_loop import run_pretraining
 
     args = parse_arguments(PretrainingArguments, namespace.config, namespace.overrides)
     model = load_pretraining_model(args)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, kwargs_handlers=[
-        DistributedDataParallelKwargs(find_unused_parameters=model.config.layerdrop > 0)])
+    accelerator = make_accelerator(args.mixed_precision, find_unused_parameters=model.config.layerdrop > 0)
     batches, summary = build_pretraining_batches(args, model.config, accelerator.num_processes, accelerator.process_index)
     dev_batches, dev_summary = build_dev_batches(args, model.config, accelerator.num_processes, accelerator.process_index)
     if accelerator.is_main_process:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator
 
 from ..configuration import PRESET_NAMES, SpeechEncoderConfig
 from ..data import (BatchSeeds, CTCCollator, DurationBucketBatchSampler, TextNormalizer, normalize_waveform, pad_waveforms, plain_column,
@@ -28,7 +28,7 @@ from ..data import (BatchSeeds, CTCCollator, DurationBucketBatchSampler, TextNor
 from ..data.augmentation import SpeedPerturbation
 from ..modeling.models import SpeechEncoderForCTC
 from ..processing import CharacterCTCTokenizer, SpeechFeatureExtractor, SpeechProcessor
-from .acceleration import check_mixed_precision, enable_fp16_on_cpu, reuse_freed_memory
+from .acceleration import check_mixed_precision, enable_fp16_on_cpu, make_accelerator, reuse_freed_memory
 from .arguments import FinetuningArguments, load_sources
 from .averaging import BestCheckpoints
 from .checkpoints import write_directory_atomically
@@ -185,8 +185,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
     check_mixed_precision(args.mixed_precision)
     reuse_freed_memory()  # steps reuse the previous step's pages (no fresh-page faults)
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision=args.mixed_precision, kwargs_handlers=[
-            DistributedDataParallelKwargs(find_unused_parameters=True)])  # frozen phase + layerdrop
+        accelerator = make_accelerator(args.mixed_precision, find_unused_parameters=True)  # frozen phase + layerdrop
     enable_fp16_on_cpu(accelerator)
     if args.fsdp and args.average_checkpoints > 1:
         raise ValueError(f"fsdp: true with average_checkpoints={args.average_checkpoints}: the averaged checkpoints "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from .acceleration import check_mixed_precision, enable_fp16_on_cpu, reuse_freed_memory
+from .acceleration import check_mixed_precision, enable_fp16_on_cpu, make_accelerator, reuse_freed_memory
 from .arguments import PretrainingArguments
 from .engine import BatchFactory, MetricSums, TrainingLoop, averages, build_optimizer, to_device
 from .schedules import build_scheduler
@@ -44,15 +44,10 @@ def run_pretraining(model, batches_for_epoch: BatchFactory, args: PretrainingArg
     Returns the loop's final state (step, skipped updates, last metrics, per-update losses). ``output_dir/final`` is the
     pretrained model (with the k-means behind HuBERT labels), loadable with ``from_pretrained``.
     """
-    from accelerate import DistributedDataParallelKwargs
-
     check_mixed_precision(args.mixed_precision)
     reuse_freed_memory()  # steps reuse the previous step's pages (no fresh-page faults)
     if accelerator is None:
-        accelerator = Accelerator(
-            mixed_precision=args.mixed_precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=model.config.layerdrop > 0)],
-        )
+        accelerator = make_accelerator(args.mixed_precision, find_unused_parameters=model.config.layerdrop > 0)
     enable_fp16_on_cpu(accelerator)
     torch.manual_seed(args.seed)
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2),

@@ -15,6 +15,8 @@ state in checkpoints) runs here.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import math
 import sys
 from pathlib import Path
@@ -31,6 +33,7 @@ from hfspeech.training.pretrain_loop import run_pretraining
 INITIAL_SCALE = 2.0**14
 """Overflows the tiny model's fp16 gradients (losses are sums over frames) for a few updates."""
 
+from helpers import ROOT
 from helpers.pretrain_run import global_batches
 
 
@@ -226,3 +229,18 @@ def test_reuse_freed_memory_stops_fresh_page_faults_and_can_be_switched_off(opt_
         # (a small allocation carved from the top of the heap): 0 or 1 of the 20 blocks in 30 runs
         # here, 2 of 5 once in CI; the bound allows 5 of 20, the opt-out pays all 20.
         assert applied == "True" and int(faults) <= pages // 4
+
+
+def test_torchrun_on_a_cpu_gives_the_loops_one_world(tmp_path):
+    """accelerate 1.15 puts each torchrun process in a world of its own on a machine without an
+    accelerator unless told cpu=True; `make_accelerator` tells it, so 2 processes see 2."""
+    script = tmp_path / "world.py"
+    script.write_text("from hfspeech.training.acceleration import make_accelerator\n"
+                      "accelerator = make_accelerator('no', find_unused_parameters=False)\n"
+                      "print('world', accelerator.num_processes, accelerator.process_index, flush=True)\n")
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("world")) == ["world 2 0", "world 2 1"]
