@@ -109,7 +109,7 @@ def compute_span_mask(
     short = lengths - mask_length <= num_spans
     num_starts = torch.where(short, num_spans + 1, lengths - mask_length)
     # Shapes come from bounds known without reading the lengths (no host synchronisation on a
-    # GPU, one graph per padded length under torch.compile): n <= T spans at most
+    # GPU, no graph break under torch.compile): n <= T spans at most
     # floor(p T / M) + 1 (or min_masks), and at most max(T - M, spans + 1) starts.
     max_spans = max(int(mask_prob * num_frames / mask_length) + 1, min_masks)
     max_starts = max(num_frames - mask_length, max_spans + 1)

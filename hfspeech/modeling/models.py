@@ -134,8 +134,8 @@ def _check_input(input_values: torch.Tensor, attention_mask: torch.Tensor | None
         shortest = input_values.shape[1]
     elif host_reads_allowed(attention_mask) and attention_mask.shape[0]:
         shortest = int(attention_mask.sum(-1).min())
-    else:  # the GPU path reads no values; the collators drop utterances this short
-        shortest = receptive_field
+    else:  # the GPU path reads no values (`host_reads`); the collators drop utterances this short
+        return
     if shortest < receptive_field:
         raise ValueError(
             f"An utterance has {shortest} samples, fewer than the feature encoder's receptive field "

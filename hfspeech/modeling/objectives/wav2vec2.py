@@ -16,7 +16,7 @@ steps, the criterion's ``sample_size``; divide ``loss`` by ``num_masked`` for a 
 
 Every step is projected and quantized and the loss is a sum over the masked ones, so all
 shapes follow from the padded batch (B, T) alone: no boolean selection, no host
-synchronisation on a GPU, one graph per padded length under ``torch.compile``. The logits are
+synchronisation on a GPU, no graph break under ``torch.compile``. The logits are
 one (B*T, B*T) product of unit context vectors and unit targets, gathered at each step's
 1 + K candidates: no (N, 1 + K, P) candidate tensor is built. A distractor is "the same as
 the positive" (logit -inf, as in fairseq) when it has the positive's codebook entries.
