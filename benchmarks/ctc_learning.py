@@ -10,6 +10,7 @@ Front-ends (--frontend):
   wave     the papers' conv feature encoder (here 7 x 128 channels, layer-norm blocks)
   fbank    80 log-mel bins (librosa's Slaney filters, Hann window) on the conv stack's frames (25/20 ms)
   fbank10  two 10 ms frames stacked per 20 ms frame;  fbank40  four 10 ms frames per 40 ms frame
+  fbankconv, fbank40conv   the same log-mels, then --conv "width,layers,kernel" 1-D convs with GELU
   lstm     a 3 x 160 BiLSTM on the same log-mels: the reference learner
 The library's filterbank front-end (feature_frontend="filterbank") is Kaldi's fbank on the fbank frames.
 Each line of --out: update, seconds, mean train CTC loss since the last line, dev loss, WER, CER.
@@ -72,7 +73,27 @@ class LogMel(torch.nn.Module):
             if feats.shape[1] < need:
                 feats = F.pad(feats, (0, 0, 0, need - feats.shape[1]), mode="replicate")
             feats = feats[:, :need].reshape(feats.shape[0], frames, -1)
+        if feats.shape[1] < frames:  # the 512-point STFT frames run out up to 112 samples before the 400-sample ones
+            feats = F.pad(feats, (0, 0, 0, frames - feats.shape[1]), mode="replicate")
         return feats[:, :frames]
+
+
+class ConvOnLogMel(torch.nn.Module):
+    """Log-mels followed by ``layers`` 1-D convs (kernel ``kernel``, GELU) over time: local context
+    before the Transformer, as ESPnet's conv subsampling gives it (frames unchanged)."""
+
+    def __init__(self, logmel: LogMel, width: int, layers: int, kernel: int):
+        super().__init__()
+        self.logmel = logmel
+        channels = [80 * logmel.stack] + [width] * layers
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv1d(a, b, kernel, padding=kernel // 2) for a, b in zip(channels[:-1], channels[1:]))
+
+    def forward(self, x, lengths=None):
+        h = self.logmel(x).transpose(1, 2)
+        for conv in self.convs:
+            h = F.gelu(conv(h))
+        return h.transpose(1, 2)
 
 
 class BiLSTMCTC(torch.nn.Module):
@@ -103,10 +124,13 @@ def build_model(args, vocab_size: int):
                   feat_extract_norm="layer", conv_bias=True, layerdrop=0.0, mask_time_prob=0.05, mask_time_length=5,
                   mask_feature_prob=0.0, hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
                   feat_proj_dropout=0.1, final_dropout=0.0, vocab_size=vocab_size, pad_token_id=0)
-    widths = {"fbank": 80, "fbank10": 160, "fbank40": 320}
+    widths = {"fbank": 80, "fbank10": 160, "fbank40": 320, "fbankconv": 80, "fbank40conv": 320}
+    conv_width, conv_layers, conv_kernel = (int(v) for v in args.conv.split(","))
+    if args.frontend.endswith("conv"):
+        widths[args.frontend] = conv_width
     if args.frontend in widths:
         fields["conv_dim"] = [widths[args.frontend]] * 7  # the projection's input width
-    if args.frontend == "fbank40":
+    if args.frontend.startswith("fbank40"):
         fields["conv_stride"] = [5, 2, 2, 2, 2, 2, 4]
     if args.no_regularisation:
         fields.update(hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0, mask_time_prob=0.0)
@@ -115,8 +139,11 @@ def build_model(args, vocab_size: int):
         fields[key] = json.loads(value)
     model = SpeechEncoderForCTC(SpeechEncoderConfig(**fields))
     if args.frontend in widths:
-        stack = 1 if args.frontend == "fbank" else model.config.inputs_to_logits_ratio // 160
+        stack = 1 if args.frontend in ("fbank", "fbankconv") else model.config.inputs_to_logits_ratio // 160
         model.speech_encoder.feature_encoder = LogMel(stack, model.frame_lengths)
+        if args.frontend.endswith("conv"):
+            model.speech_encoder.feature_encoder = ConvOnLogMel(
+                model.speech_encoder.feature_encoder, conv_width, conv_layers, conv_kernel)
     if args.positional_conv_scale != 1.0:
         with torch.no_grad():
             model.speech_encoder.encoder.pos_conv.conv.parametrizations.weight.original0.mul_(args.positional_conv_scale)
@@ -150,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/an4/train"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--frontend", choices=("wave", "fbank", "fbank10", "fbank40", "lstm"), default="wave")
+    parser.add_argument("--frontend", choices=("wave", "fbank", "fbank10", "fbank40", "fbankconv", "fbank40conv", "lstm"), default="wave")
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=500)
@@ -161,6 +188,7 @@ def main() -> None:
     parser.add_argument("--no-regularisation", action="store_true", help="no dropout, no SpecAugment")
     parser.add_argument("--positional-conv-scale", type=float, default=1.0)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="config field")
+    parser.add_argument("--conv", default="256,2,5", help="fbank*conv: width,layers,kernel")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
