@@ -68,14 +68,10 @@ class LogMel(torch.nn.Module):
         spec = torch.stft(x, 512, hop_length=self.hop, win_length=400, window=self.window, center=False,
                           return_complex=True).abs().pow(2)
         feats = torch.log(self.mel @ spec + 1e-6).transpose(1, 2)
-        if self.stack > 1:
-            need = frames * self.stack
-            if feats.shape[1] < need:
-                feats = F.pad(feats, (0, 0, 0, need - feats.shape[1]), mode="replicate")
-            feats = feats[:, :need].reshape(feats.shape[0], frames, -1)
-        if feats.shape[1] < frames:  # the 512-point STFT frames run out up to 112 samples before the 400-sample ones
-            feats = F.pad(feats, (0, 0, 0, frames - feats.shape[1]), mode="replicate")
-        return feats[:, :frames]
+        need = frames * self.stack  # the 512-point STFT frames can run out before the 400-sample ones
+        if feats.shape[1] < need:
+            feats = F.pad(feats, (0, 0, 0, need - feats.shape[1]), mode="replicate")
+        return feats[:, :need].reshape(feats.shape[0], frames, -1)
 
 
 class ConvOnLogMel(torch.nn.Module):
