@@ -19,6 +19,7 @@ is ``mask_time_prob=0.65``; HuBERT's p=8% is ``0.8``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ def conv_receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
     return field
 
 
+SAMPLE_RATE = 16000  # Hz of the audio every model takes
 FEATURE_FRONTENDS = ("waveform", "filterbank")
 
 # Backbone shapes of the papers' model sizes.
@@ -137,6 +139,9 @@ class SpeechEncoderConfig(PretrainedConfig):
         feature_frontend: "waveform" (the papers' conv feature encoder, default) or
             "filterbank" (parameter-free Kaldi log-mel energies of ``num_mel_bins`` bins on the
             same frames; see `hfspeech.modeling.filterbank`).
+        filterbank_stack: 1 (default) = one 25 ms log-mel window per frame; k > 1 = k windows every
+            ``inputs_to_logits_ratio / k`` samples, side by side (``k * num_mel_bins`` features per
+            frame), e.g. 4 for 40 ms frames (last ``conv_stride`` 4) of four 10 ms log-mel frames.
         conv_dim, conv_kernel, conv_stride: the 7 feature-encoder conv layers (512 channels,
             kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2 -> 320 samples = 20 ms per frame).
         conv_bias: whether the conv layers have a bias (True for the layer-norm models).
@@ -165,7 +170,8 @@ class SpeechEncoderConfig(PretrainedConfig):
         gumbel_temperature_max / _min / _decay (tau schedule per update);
         hubert_num_clusters (one K per label set), hubert_final_dim,
         hubert_untie_final_proj, hubert_logit_temperature, hubert_pred_masked_weight,
-        hubert_pred_nomask_weight, label_rate (Hz of the targets: 50 or 100),
+        hubert_pred_nomask_weight, label_rate (Hz of the targets, a multiple or divisor of the
+        frame rate: 50 or 100 for 20 ms frames),
         hubert_label_rate_tolerance_s.
 
     CTC:
@@ -192,6 +198,7 @@ class SpeechEncoderConfig(PretrainedConfig):
         feat_extract_norm: str = "group",
         feature_frontend: str = "waveform",
         num_mel_bins: int = 80,
+        filterbank_stack: int = 1,
         # transformer
         hidden_size: int = 768,
         num_hidden_layers: int = 12,
@@ -261,6 +268,10 @@ class SpeechEncoderConfig(PretrainedConfig):
             raise ValueError(f"feature_frontend must be one of {FEATURE_FRONTENDS}, got {feature_frontend!r}.")
         if num_mel_bins < 1:
             raise ValueError(f"num_mel_bins must be positive, got {num_mel_bins}.")
+        ratio = math.prod(conv_stride)
+        if filterbank_stack < 1 or ratio % filterbank_stack:
+            raise ValueError(f"filterbank_stack must be a positive divisor of the {ratio} samples per frame "
+                             f"(the product of conv_stride), got {filterbank_stack}.")
         if feat_extract_norm not in ("group", "layer"):
             raise ValueError(f"feat_extract_norm must be 'group' or 'layer', got {feat_extract_norm!r}.")
         if objective not in OBJECTIVES:
@@ -274,11 +285,14 @@ class SpeechEncoderConfig(PretrainedConfig):
                 f"codevector_dim ({codevector_dim}) must be divisible by num_codevector_groups "
                 f"({num_codevector_groups})."
             )
-        if label_rate not in (50, 100):
-            raise ValueError(f"label_rate must be 50 (frame rate) or 100 (MFCC rate) Hz, got {label_rate}.")
+        frame_rate = SAMPLE_RATE / ratio
+        if label_rate <= 0 or (label_rate % frame_rate and frame_rate % label_rate):
+            raise ValueError(f"label_rate must be a positive multiple or divisor of the frame rate ({frame_rate:g} Hz "
+                             f"for {ratio}-sample frames; 100 for MFCC labels), got {label_rate}.")
         self.conv_bias = conv_bias
         self.feature_frontend = feature_frontend
         self.num_mel_bins = num_mel_bins
+        self.filterbank_stack = filterbank_stack
         self.feat_extract_norm = feat_extract_norm
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -334,8 +348,8 @@ class SpeechEncoderConfig(PretrainedConfig):
 
     @property
     def feature_dim(self) -> int:
-        """Channels of the front-end's output: ``conv_dim[-1]``, or ``num_mel_bins`` for the filterbank."""
-        return self.num_mel_bins if self.feature_frontend == "filterbank" else self.conv_dim[-1]
+        """Channels of the front-end's output: ``conv_dim[-1]``, or ``num_mel_bins * filterbank_stack`` for the filterbank."""
+        return self.num_mel_bins * self.filterbank_stack if self.feature_frontend == "filterbank" else self.conv_dim[-1]
 
     @property
     def num_feat_extract_layers(self) -> int:
@@ -348,6 +362,11 @@ class SpeechEncoderConfig(PretrainedConfig):
         for stride in self.conv_stride:
             ratio *= stride
         return ratio
+
+    @property
+    def frame_rate(self) -> float:
+        """Output frames per second of 16 kHz audio (50 for 20 ms frames)."""
+        return SAMPLE_RATE / self.inputs_to_logits_ratio
 
     @property
     def receptive_field(self) -> int:

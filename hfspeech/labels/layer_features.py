@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..configuration import conv_output_lengths, conv_receptive_field
+from ..configuration import SpeechEncoderConfig, conv_output_lengths, conv_receptive_field
+from ..modeling.filterbank import feature_frame_lengths, frontend_receptive_field
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ class LayerFeatureReader:
         self.kernels = [int(k) for k in config.conv_kernel]
         self.strides = [int(s) for s in config.conv_stride]
         self.hop = int(np.prod(self.strides))
-        self.receptive_field = conv_receptive_field(self.kernels, self.strides)
+        self.config = config if isinstance(config, SpeechEncoderConfig) else None  # ours: filterbank front-ends too
+        self.receptive_field = frontend_receptive_field(self.config) if self.config is not None \
+            else conv_receptive_field(self.kernels, self.strides)
         if chunk_samples < self.receptive_field:
             raise ValueError(f"chunk_samples={chunk_samples} is below the model's receptive field "
                              f"({self.receptive_field} samples)")
@@ -119,6 +122,8 @@ class LayerFeatureReader:
 
     def num_frames(self, num_samples: int) -> int:
         """Frames returned for a waveform of ``num_samples`` samples (sum over chunks)."""
+        if self.config is not None:
+            return sum(feature_frame_lengths(end - start, self.config) for start, end in self._chunks(num_samples))
         return sum(num_conv_frames(end - start, self.kernels, self.strides) for start, end in self._chunks(num_samples))
 
     def _chunks(self, num_samples: int) -> list[tuple[int, int]]:

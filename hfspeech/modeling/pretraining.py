@@ -126,7 +126,7 @@ class SpeechEncoderForPreTraining(SpeechEncoderPreTrainedModel):
             aligned = [
                 align_labels_to_frames(
                     label_set, self.config.label_rate, num_frames, frames, utterance_ids=utterance_ids,
-                    tolerance_s=self.config.hubert_label_rate_tolerance_s,
+                    tolerance_s=self.config.hubert_label_rate_tolerance_s, frame_rate=self.config.frame_rate,
                 )
                 for label_set in label_sets
             ]

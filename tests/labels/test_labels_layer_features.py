@@ -79,3 +79,23 @@ def test_reader_from_spec_on_an_hfspeech_model_directory(tmp_path) -> None:
     with torch.no_grad():
         expected = model(normalized[None], output_hidden_states=True).hidden_states[1][0]
     torch.testing.assert_close(reader(waveform), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_features_of_a_40ms_stacked_filterbank_model() -> None:
+    """Frame counts and chunk joins follow the model's own front-end (4 stacked 10 ms log-mels per 40 ms frame)."""
+    from hfspeech.configuration import SpeechEncoderConfig
+    from hfspeech.modeling.models import SpeechEncoderModel
+
+    torch.manual_seed(0)
+    config = SpeechEncoderConfig.from_preset("tiny", objective="hubert", feature_frontend="filterbank", num_mel_bins=23,
+                                             conv_stride=[5, 2, 2, 2, 2, 2, 4], filterbank_stack=4)
+    model = SpeechEncoderModel(config).eval()
+    reader = LayerFeatureReader(model, layer=2, chunk_samples=16000)
+    assert reader.frame_rate == 25.0 and reader.receptive_field == 880
+    waveform = torch.randn(16000 + 1000, generator=torch.Generator().manual_seed(4))
+    features = reader(waveform)
+    assert reader._chunks(17000) == [(0, 16000), (16000, 17000)]
+    assert features.shape[0] == reader.num_frames(17000) == 24 + 1  # (1 + 15600 // 160) // 4 and (1 + 600 // 160) // 4
+    with torch.no_grad():
+        first = model(waveform[None, :16000], output_hidden_states=True).hidden_states[2][0]
+    torch.testing.assert_close(features[:24], first)

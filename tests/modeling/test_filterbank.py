@@ -56,6 +56,31 @@ def test_log_mel_energies_match_a_plain_kaldi_fbank_on_real_speech():
     np.testing.assert_allclose(ours, expected, atol=2e-3)
 
 
+def test_stacked_frames_are_consecutive_10ms_log_mels_side_by_side():
+    """filterbank_stack=4 on 40 ms frames: frame t = the reference's 10 ms frames 4t..4t+3, concatenated."""
+    waveform, _ = soundfile.read(FIXTURES / "fash" / "cen7-fash-b.flac", dtype="float32")
+    waveform = waveform[: 8000]
+    config = filterbank_config(conv_stride=[5, 2, 2, 2, 2, 2, 4], filterbank_stack=4)
+    assert config.frame_rate == 25 and config.feature_dim == 4 * 23
+    ours = FilterbankEncoder(config)(torch.from_numpy(waveform)[None])[0].numpy()
+    windows = reference_fbank(waveform, 23, window=400, hop=160)  # 48 windows of 25 ms every 10 ms
+    assert ours.shape == (12, 92) and len(windows) == 48
+    np.testing.assert_allclose(ours, windows.reshape(12, 92), atol=2e-3)
+    lengths = torch.tensor([8000, 8000 + 159, 8000 + 160 * 4, 399])
+    model = SpeechEncoderForCTC(filterbank_config(conv_stride=[5, 2, 2, 2, 2, 2, 4], filterbank_stack=4, vocab_size=8))
+    assert model.frame_lengths(lengths).tolist() == [12, 12, 13, 0]
+    with torch.no_grad():
+        assert model(torch.randn(1, 8000 + 160 * 4)).logits.shape[1] == 13
+
+
+def test_config_refuses_a_stack_that_does_not_divide_the_frame_and_labels_off_the_frame_rate():
+    with pytest.raises(ValueError, match="filterbank_stack must be a positive divisor of the 320 samples"):
+        filterbank_config(filterbank_stack=3)
+    assert filterbank_config(conv_stride=[5, 2, 2, 2, 2, 2, 4], label_rate=25).label_rate == 25
+    with pytest.raises(ValueError, match=r"frame rate \(50 Hz for 320-sample frames"):
+        filterbank_config(label_rate=30)
+
+
 def test_mel_banks_are_triangles_that_cover_the_band():
     banks = kaldi_mel_banks(80, 512)
     assert banks.shape == (80, 257) and banks.min() >= 0 and banks.max() <= 1

@@ -341,6 +341,16 @@ def test_align_labels_100hz_and_50hz():
     assert short[0].tolist() == [0, 2, 4, 6, 8, 10, 12, -100, -100, -100]
 
 
+def test_align_labels_onto_40ms_frames():
+    """25 Hz frames take every 4th MFCC label; the duration check uses the model's frame rate."""
+    aligned = align_labels_to_frames(torch.arange(20)[None], 100, 6, torch.tensor([5]), frame_rate=25.0)
+    assert aligned[0].tolist() == [0, 4, 8, 12, 16, -100]
+    with pytest.raises(ValueError, match="10 frames at 25 Hz"):  # 0.4 s of audio, 0.2 s of labels
+        align_labels_to_frames(torch.arange(20)[None], 100, 10, torch.tensor([10]), frame_rate=25.0)
+    with pytest.raises(ValueError, match="multiple or divisor of the 25 Hz frame rate"):
+        align_labels_to_frames(torch.arange(20)[None], 30, 6, torch.tensor([5]), frame_rate=25.0)
+
+
 def test_align_labels_mismatch_raises_with_names_and_lengths():
     labels = torch.zeros(2, 200, dtype=torch.long)
     labels[1, 150:] = -100  # 150 labels = 1.5 s at 100 Hz vs 100 frames = 2.0 s

@@ -30,7 +30,7 @@ from ..linear import Linear
 
 __all__ = ["HubertObjective", "HubertObjectiveOutput", "align_labels_to_frames", "FRAME_RATE_HZ"]
 
-FRAME_RATE_HZ = 50
+FRAME_RATE_HZ = 50  # the papers' 20 ms frames (``config.frame_rate``)
 IGNORE_INDEX = -100
 
 
@@ -41,8 +41,10 @@ def align_labels_to_frames(
     frame_lengths: torch.Tensor,
     utterance_ids: list[str] | None = None,
     tolerance_s: float = 0.1,
+    frame_rate: float = FRAME_RATE_HZ,
 ) -> torch.Tensor:
-    """Map labels at ``label_rate`` Hz onto the 50 Hz frames: frame t takes label ``floor(t * rate / 50)``.
+    """Map labels at ``label_rate`` Hz onto frames at ``frame_rate`` Hz: frame t takes label
+    ``floor(t * label_rate / frame_rate)``.
 
     Args:
         labels: (B, T_label) long cluster ids, right-padded with -100.
@@ -51,6 +53,7 @@ def align_labels_to_frames(
         frame_lengths: (B,) valid frames per utterance.
         utterance_ids: names used in error messages (default: batch indices).
         tolerance_s: largest accepted |label duration - audio duration| in seconds (fairseq 0.1).
+        frame_rate: frames per second of the model (``config.frame_rate``; 50 for 20 ms frames).
 
     Returns:
         (B, T) long labels, -100 on padding frames and on valid frames past the last label.
@@ -61,8 +64,9 @@ def align_labels_to_frames(
     """
     if labels.dim() != 2 or labels.dtype not in (torch.long, torch.int32, torch.int64):
         raise ValueError(f"labels must be a (B, T_label) integer tensor, got {tuple(labels.shape)} {labels.dtype}.")
-    if label_rate <= 0 or label_rate % FRAME_RATE_HZ and FRAME_RATE_HZ % label_rate:
-        raise ValueError(f"label_rate must be a positive multiple or divisor of {FRAME_RATE_HZ} Hz, got {label_rate}.")
+    if label_rate <= 0 or label_rate % frame_rate and frame_rate % label_rate:
+        raise ValueError(f"label_rate must be a positive multiple or divisor of the {frame_rate:g} Hz frame rate, "
+                         f"got {label_rate}.")
     batch_size = labels.shape[0]
     if frame_lengths.shape != (batch_size,):
         raise ValueError(f"frame_lengths must have shape ({batch_size},), got {tuple(frame_lengths.shape)}.")
@@ -73,9 +77,9 @@ def align_labels_to_frames(
     frame_lengths = frame_lengths.to(labels.device).long()
     label_lengths = (labels != IGNORE_INDEX).sum(dim=1)
     if host_reads_allowed(labels):  # these checks read values (see `host_reads`)
-        _check_label_lengths(labels, label_lengths, label_rate, frame_lengths, names, tolerance_s)
+        _check_label_lengths(labels, label_lengths, label_rate, frame_lengths, frame_rate, names, tolerance_s)
     frame_index = torch.arange(num_frames, device=labels.device)
-    source = (frame_index * label_rate) // FRAME_RATE_HZ  # (T,)
+    source = torch.div(frame_index * label_rate, frame_rate, rounding_mode="floor").long()  # (T,)
     present = (frame_index[None, :] < frame_lengths[:, None]) & (source[None, :] < label_lengths[:, None])
     gathered = labels.gather(1, source.clamp_max(max(labels.shape[1] - 1, 0)).expand(batch_size, -1)) \
         if labels.shape[1] else torch.full((batch_size, num_frames), IGNORE_INDEX, device=labels.device)
@@ -83,7 +87,7 @@ def align_labels_to_frames(
 
 
 def _check_label_lengths(labels: torch.Tensor, label_lengths: torch.Tensor, label_rate: int,
-                         frame_lengths: torch.Tensor, names: list[str], tolerance_s: float) -> None:
+                         frame_lengths: torch.Tensor, frame_rate: float, names: list[str], tolerance_s: float) -> None:
     """Right padding only, no negative ids, label and audio durations within the tolerance."""
     valid = labels != IGNORE_INDEX
     positions = torch.arange(labels.shape[1], device=labels.device)
@@ -97,13 +101,13 @@ def _check_label_lengths(labels: torch.Tensor, label_lengths: torch.Tensor, labe
             row = int(problem.nonzero()[0, 0])
             raise ValueError(f"Labels of utterance {names[row]} {message}.")
     label_seconds = label_lengths.double() / label_rate
-    audio_seconds = frame_lengths.double() / FRAME_RATE_HZ
+    audio_seconds = frame_lengths.double() / frame_rate
     off = (label_seconds - audio_seconds).abs() > tolerance_s + 1e-9
     if off.any():
         row = int(off.nonzero()[0, 0])
         raise ValueError(
             f"Utterance {names[row]}: {int(label_lengths[row])} labels at {label_rate} Hz "
-            f"({float(label_seconds[row]):.3f} s) but {int(frame_lengths[row])} frames at {FRAME_RATE_HZ} Hz "
+            f"({float(label_seconds[row]):.3f} s) but {int(frame_lengths[row])} frames at {frame_rate:g} Hz "
             f"({float(audio_seconds[row]):.3f} s) of audio, a difference above the tolerance of {tolerance_s} s "
             "(config.hubert_label_rate_tolerance_s). Recompute the labels from this audio or check that the "
             "label file and the manifest list utterances in the same order."
