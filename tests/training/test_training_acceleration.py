@@ -237,7 +237,8 @@ def test_torchrun_on_a_cpu_gives_the_loops_one_world(tmp_path):
     script = tmp_path / "world.py"
     script.write_text("from hfspeech.training.acceleration import make_accelerator\n"
                       "accelerator = make_accelerator('no', find_unused_parameters=False)\n"
-                      "print('world', accelerator.num_processes, accelerator.process_index, flush=True)\n")
+                      "import os\n"  # one write per line: the two processes share the pipe
+                      "os.write(1, f'world {accelerator.num_processes} {accelerator.process_index}\\n'.encode())\n")
     env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
