@@ -33,9 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 AN4 = ROOT / "data" / "an4" / "train"
 FINETUNE_CONFIG = ROOT / "recipes" / "an4" / "finetune.yaml"  # the AN4 recipe's model and fine-tuning settings
 PRETRAIN_CONFIG = ROOT / "recipes" / "pretraining" / "hubert.yaml"
-DEMO_FORMAT = 3  # bump when a stage's outputs change meaning (cached stages of other formats are redone)
-FULL = dict(test_speakers=10, tune_speakers=5, pnmi_sentences=20, pretrain_steps=1500, finetune_steps=4000,
+# 40 ms frames of four stacked 10 ms log-mel windows instead of the recipes' 20 ms frames: half the CPU per
+# update, and from scratch on AN4 they learned faster (benchmarks/RESULTS.md, "make demo")
+FRAMES_40MS = {"conv_stride": [5, 2, 2, 2, 2, 2, 4], "filterbank_stack": 4}
+DEMO_FORMAT = 4  # bump when a stage's outputs change meaning (cached stages of other formats are redone)
+FULL = dict(test_speakers=10, tune_speakers=5, pnmi_sentences=20, pretrain_steps=1000, finetune_steps=3000,
             trials=20, beam_width=64)
+WORKERS = 1  # one process decodes, speed-perturbs and collates batches on the second core (same batches as 0)
 QUICK = dict(test_speakers=2, tune_speakers=1, pnmi_sentences=2, pretrain_steps=3, finetune_steps=6, trials=2,
              beam_width=8, utterances=80)
 
@@ -95,7 +99,8 @@ def stage_pretrain(directory: Path, split: dict, labels: dict, settings: dict) -
     from .recipes.pretraining_pool import pretrain
 
     pool = {"pool": split["test"]["manifests"]["train"]["path"], "pool_dev": split["test"]["manifests"]["dev"]["path"]}
-    return pretrain(directory, PRETRAIN_CONFIG, pool, labels, scale=settings["pretrain_steps"] / _steps(PRETRAIN_CONFIG))
+    return pretrain(directory, PRETRAIN_CONFIG, pool, labels, scale=settings["pretrain_steps"] / _steps(PRETRAIN_CONFIG),
+                    model_overrides=FRAMES_40MS, dataloader_num_workers=WORKERS)
 
 
 def stage_tokenizer(directory: Path, split: dict) -> dict:
@@ -108,7 +113,7 @@ def stage_finetune(directory: Path, split: dict, tokenizer: str, pretrained: str
     from .recipes.small_corpus import Run, finetune
 
     return finetune(directory, FINETUNE_CONFIG, Run("hubert_iter1", "all"), split["finetune"], tokenizer, pretrained,
-                    scale=settings["finetune_steps"] / _steps(FINETUNE_CONFIG))
+                    scale=settings["finetune_steps"] / _steps(FINETUNE_CONFIG), dataloader_num_workers=WORKERS)
 
 
 def stage_lm(directory: Path, split: dict, tokenizer: str) -> dict:
@@ -136,7 +141,7 @@ def run_stages(output: Path, settings: dict) -> tuple[dict, Path]:
     from .recipes.pretraining_pool import _settings
 
     configs = {"finetune": _settings(FINETUNE_CONFIG), "pretrain": _settings(PRETRAIN_CONFIG)}
-    stages = Stages(output, {"format": DEMO_FORMAT, "settings": settings, "configs": configs})
+    stages = Stages(output, {"format": DEMO_FORMAT, "settings": settings, "configs": configs, "frames": FRAMES_40MS})
     chain: list[str] = []
 
     def stage(name: str, function: Callable[[Path], dict[str, Any]], work: tuple[str, float] | None = None) -> dict:

@@ -76,8 +76,9 @@ def build_tokenizer(directory: Path, train_manifest: str) -> dict[str, Any]:
 
 
 def finetune(directory: Path, config_file: str | Path, run: Run, split: dict[str, Any], tokenizer: str,
-             init_model: str | None, scale: float) -> dict[str, Any]:
-    """``hfspeech finetune CONFIG`` for one run (from the config's preset, or from ``init_model``)."""
+             init_model: str | None, scale: float, dataloader_num_workers: int | None = None) -> dict[str, Any]:
+    """``hfspeech finetune CONFIG`` for one run (from the config's preset, or from ``init_model``);
+    ``dataloader_num_workers`` replaces the config's value."""
     from ..training.arguments import FinetuningArguments, parse_arguments
     from ..training.finetune_loop import run_finetuning
 
@@ -86,7 +87,8 @@ def finetune(directory: Path, config_file: str | Path, run: Run, split: dict[str
     args = dataclasses.replace(
         args, output_dir=str(directory), train_data=train, dev_data=split["manifests"]["dev"]["path"],
         tokenizer=tokenizer, max_steps=scaled(args.max_steps, scale), eval_steps=scaled(args.eval_steps, scale),
-        save_steps=scaled(args.save_steps, scale))
+        save_steps=scaled(args.save_steps, scale),
+        dataloader_num_workers=args.dataloader_num_workers if dataloader_num_workers is None else dataloader_num_workers)
     if init_model is not None:  # the pretrained model brings its own shape
         args = dataclasses.replace(args, model=init_model, model_overrides={})
     result = run_finetuning(args)
