@@ -358,10 +358,7 @@ class SpeechEncoderConfig(PretrainedConfig):
     @property
     def inputs_to_logits_ratio(self) -> int:
         """Samples per output frame (320 at 16 kHz = 20 ms); used by transformers' ASR pipeline."""
-        ratio = 1
-        for stride in self.conv_stride:
-            ratio *= stride
-        return ratio
+        return math.prod(self.conv_stride)
 
     @property
     def frame_rate(self) -> float:
