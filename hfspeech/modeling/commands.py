@@ -69,6 +69,7 @@ def initialise_pretraining_model(output_dir: Path, objective: str, preset: str, 
     """Create and save a new `SpeechEncoderForPreTraining` plus its feature extractor."""
     import torch
 
+    from ..modeling.filterbank import frontend_receptive_field
     from ..modeling.pretraining import SpeechEncoderForPreTraining
     from ..processing import SpeechFeatureExtractor
 
@@ -76,7 +77,7 @@ def initialise_pretraining_model(output_dir: Path, objective: str, preset: str, 
     torch.manual_seed(seed)
     model = SpeechEncoderForPreTraining(config)
     model.save_pretrained(output_dir)
-    SpeechFeatureExtractor(min_num_samples=config.receptive_field).save_pretrained(output_dir)
+    SpeechFeatureExtractor(min_num_samples=frontend_receptive_field(config)).save_pretrained(output_dir)
     parameters = sum(p.numel() for p in model.speech_encoder.parameters())
     logger.info("Wrote a %s %s model (%.1fM backbone parameters) to %s", preset, objective, parameters / 1e6, output_dir)
     return output_dir

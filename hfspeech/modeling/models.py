@@ -22,7 +22,7 @@ from ..configuration import SpeechEncoderConfig
 from .dropout import Dropout
 from .encoder import PositionalConvEmbedding, TransformerEncoder
 from .feature_encoder import FeatureEncoder, FeatureProjection, scale_gradient
-from .filterbank import FilterbankEncoder, feature_frame_lengths
+from .filterbank import FilterbankEncoder, feature_frame_lengths, frontend_receptive_field
 from .host_reads import host_reads_allowed
 
 
@@ -216,7 +216,7 @@ class SpeechEncoderModel(SpeechEncoderPreTrainedModel):
             output_hidden_states: also return the input and output of every layer.
             generator: seeds SpecAugment masking in training.
         """
-        _check_input(input_values, attention_mask, self.config.receptive_field)
+        _check_input(input_values, attention_mask, frontend_receptive_field(self.config))
         sample_lengths = attention_mask.sum(-1) if attention_mask is not None else None
         features = self.feature_encoder(input_values, sample_lengths)  # (B, T, C)
         features = scale_gradient(features, self.config.feature_grad_mult)

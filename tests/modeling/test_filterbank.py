@@ -71,6 +71,8 @@ def test_stacked_frames_are_consecutive_10ms_log_mels_side_by_side():
     assert model.frame_lengths(lengths).tolist() == [12, 12, 13, 0]
     with torch.no_grad():
         assert model(torch.randn(1, 8000 + 160 * 4)).logits.shape[1] == 13
+        with pytest.raises(ValueError, match=r"700 samples, fewer than .* receptive field \(880 samples"):
+            model(torch.randn(1, 700))  # longer than one 25 ms window, shorter than the 4 stacked ones
 
 
 def test_config_refuses_a_stack_that_does_not_divide_the_frame_and_labels_off_the_frame_rate():
