@@ -33,9 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 AN4 = ROOT / "data" / "an4" / "train"
 FINETUNE_CONFIG = ROOT / "recipes" / "an4" / "finetune.yaml"  # the AN4 recipe's model and fine-tuning settings
 PRETRAIN_CONFIG = ROOT / "recipes" / "pretraining" / "hubert.yaml"
-# 40 ms frames of four stacked 10 ms log-mel windows instead of the recipes' 20 ms frames: half the CPU per
-# update, and from scratch on AN4 they learned faster (benchmarks/RESULTS.md, "make demo")
-FRAMES_40MS = {"conv_stride": [5, 2, 2, 2, 2, 2, 4], "filterbank_stack": 4}
 DEMO_FORMAT = 4  # bump when a stage's outputs change meaning (cached stages of other formats are redone)
 FULL = dict(test_speakers=10, tune_speakers=5, pnmi_sentences=20, pretrain_steps=1000, finetune_steps=3000,
             trials=20, beam_width=64)
@@ -100,7 +97,7 @@ def stage_pretrain(directory: Path, split: dict, labels: dict, settings: dict) -
 
     pool = {"pool": split["test"]["manifests"]["train"]["path"], "pool_dev": split["test"]["manifests"]["dev"]["path"]}
     return pretrain(directory, PRETRAIN_CONFIG, pool, labels, scale=settings["pretrain_steps"] / _steps(PRETRAIN_CONFIG),
-                    model_overrides=FRAMES_40MS, dataloader_num_workers=WORKERS)
+                    dataloader_num_workers=WORKERS)
 
 
 def stage_tokenizer(directory: Path, split: dict) -> dict:
@@ -141,7 +138,7 @@ def run_stages(output: Path, settings: dict) -> tuple[dict, Path]:
     from .recipes.pretraining_pool import _settings
 
     configs = {"finetune": _settings(FINETUNE_CONFIG), "pretrain": _settings(PRETRAIN_CONFIG)}
-    stages = Stages(output, {"format": DEMO_FORMAT, "settings": settings, "configs": configs, "frames": FRAMES_40MS})
+    stages = Stages(output, {"format": DEMO_FORMAT, "settings": settings, "configs": configs})
     chain: list[str] = []
 
     def stage(name: str, function: Callable[[Path], dict[str, Any]], work: tuple[str, float] | None = None) -> dict:

@@ -96,10 +96,9 @@ def make_labels(directory: Path, feature: str, clusters: int, pool: dict[str, An
 
 
 def pretrain(directory: Path, config_file: str | Path, pool: dict[str, Any], labels: dict[str, Any] | None,
-             scale: float, model_overrides: dict[str, Any] | None = None, dataloader_num_workers: int | None = None
-             ) -> dict[str, Any]:
+             scale: float, dataloader_num_workers: int | None = None) -> dict[str, Any]:
     """One pretraining run (``hfspeech pretrain CONFIG``) on the pool, scored on pool_dev;
-    ``model_overrides`` are laid over the config's, ``dataloader_num_workers`` replaces its value."""
+    ``dataloader_num_workers`` replaces the config's value."""
     from accelerate import Accelerator
 
     from ..training.arguments import PretrainingArguments, parse_arguments
@@ -111,7 +110,6 @@ def pretrain(directory: Path, config_file: str | Path, pool: dict[str, Any], lab
     args = dataclasses.replace(args, output_dir=str(directory), train_data=pool["pool"], dev_data=pool["pool_dev"],
                                max_steps=scaled(args.max_steps, scale), eval_steps=scaled(args.eval_steps, scale),
                                save_steps=scaled(args.save_steps, scale),
-                               model_overrides={**args.model_overrides, **(model_overrides or {})},
                                dataloader_num_workers=args.dataloader_num_workers if dataloader_num_workers is None
                                else dataloader_num_workers)
     if labels is not None:  # HuBERT: the label set decides K and the label rate
