@@ -171,8 +171,9 @@ class SpeechEncoderConfig(PretrainedConfig):
         hubert_num_clusters (one K per label set), hubert_final_dim,
         hubert_untie_final_proj, hubert_logit_temperature, hubert_pred_masked_weight,
         hubert_pred_nomask_weight, label_rate (Hz of the targets, a multiple or divisor of the
-        frame rate: 50 or 100 for 20 ms frames),
-        hubert_label_rate_tolerance_s.
+        frame rate: 50 or 100 for 20 ms frames), hubert_label_rate_tolerance_s,
+        hubert_subframe_labels (labels ticking r > 1 times per frame: predict all r of a frame, each
+        as its own label set, instead of only the first as fairseq does).
 
     CTC:
         vocab_size, pad_token_id (= CTC blank), final_dropout, ctc_loss_reduction,
@@ -245,6 +246,7 @@ class SpeechEncoderConfig(PretrainedConfig):
         hubert_pred_nomask_weight: float = 0.0,
         label_rate: int = 50,
         hubert_label_rate_tolerance_s: float = 0.1,
+        hubert_subframe_labels: bool = False,
         # CTC
         vocab_size: int = 32,
         final_dropout: float = 0.0,
@@ -337,6 +339,7 @@ class SpeechEncoderConfig(PretrainedConfig):
         self.hubert_pred_nomask_weight = hubert_pred_nomask_weight
         self.label_rate = label_rate
         self.hubert_label_rate_tolerance_s = hubert_label_rate_tolerance_s
+        self.hubert_subframe_labels = hubert_subframe_labels
         self.vocab_size = vocab_size
         self.final_dropout = final_dropout
         self.ctc_loss_reduction = ctc_loss_reduction

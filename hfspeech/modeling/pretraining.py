@@ -113,7 +113,7 @@ class SpeechEncoderForPreTraining(SpeechEncoderPreTrainedModel):
         else:
             if labels is None:
                 raise ValueError("HuBERT pretraining needs `labels` (cluster ids per frame or per 10 ms).")
-            from .objectives.hubert import align_labels_to_frames
+            from .objectives.hubert import align_labels_to_frames, labels_per_frame
 
             label_sets = labels if isinstance(labels, (list, tuple)) else [labels]
             if len(label_sets) != len(self.config.hubert_num_clusters):
@@ -127,8 +127,9 @@ class SpeechEncoderForPreTraining(SpeechEncoderPreTrainedModel):
                 align_labels_to_frames(
                     label_set, self.config.label_rate, num_frames, frames, utterance_ids=utterance_ids,
                     tolerance_s=self.config.hubert_label_rate_tolerance_s, frame_rate=self.config.frame_rate,
+                    offset=offset,
                 )
-                for label_set in label_sets
+                for label_set in label_sets for offset in range(labels_per_frame(self.config))
             ]
             result = self.objective(
                 hidden_states=outputs.last_hidden_state, mask_time_indices=mask,

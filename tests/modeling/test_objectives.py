@@ -351,6 +351,37 @@ def test_align_labels_onto_40ms_frames():
         align_labels_to_frames(torch.arange(20)[None], 30, 6, torch.tensor([5]), frame_rate=25.0)
 
 
+def test_subframe_labels_predict_every_mfcc_label_of_a_40ms_frame():
+    """``hubert_subframe_labels``: a 25 Hz frame predicts all four 100 Hz labels it spans, label j of
+    frame t being MFCC label 4t + j, each with its own projection slice and codewords."""
+    from hfspeech.modeling.pretraining import SpeechEncoderForPreTraining
+
+    for offset in range(4):
+        aligned = align_labels_to_frames(torch.arange(19)[None], 100, 6, torch.tensor([5]), frame_rate=25.0,
+                                         offset=offset)
+        assert aligned[0].tolist() == [offset, 4 + offset, 8 + offset, 12 + offset] + [16 + offset if offset < 3
+                                                                                        else -100] + [-100]
+    base = dict(objective="hubert", hubert_num_clusters=[10], label_rate=100, conv_stride=[5, 2, 2, 2, 2, 2, 4],
+                mask_time_length=2, hubert_final_dim=8)
+    assert HubertObjective(tiny(**base)).num_clusters == [10]  # fairseq: the first label only
+    torch.manual_seed(7)
+    model = SpeechEncoderForPreTraining(tiny(**base, hubert_subframe_labels=True)).train()
+    assert model.objective.num_clusters == [10] * 4 and model.objective.final_proj.out_features == 32
+    generator = torch.Generator().manual_seed(7)
+    labels = torch.randint(0, 10, (2, 100), generator=generator)  # 1 s at 100 Hz
+    seen = {}
+    forward = model.objective.forward
+    model.objective.forward = lambda **kwargs: seen.setdefault("out", (kwargs["labels"], forward(**kwargs)))[1]
+    output = model(torch.randn(2, 16000, generator=generator), labels=labels, generator=generator)
+    aligned, _ = seen["out"]
+    frames = aligned[0].shape[1]
+    for offset, label_set in enumerate(aligned):
+        torch.testing.assert_close(label_set, labels[:, offset::4][:, :frames])
+    assert output.masked_accuracy.shape == (4,) and torch.isfinite(output.loss)
+    output.loss.backward()
+    assert model.objective.label_embeddings.grad[30:].abs().sum() > 0  # the fourth label's codewords learn
+
+
 def test_align_labels_mismatch_raises_with_names_and_lengths():
     labels = torch.zeros(2, 200, dtype=torch.long)
     labels[1, 150:] = -100  # 150 labels = 1.5 s at 100 Hz vs 100 frames = 2.0 s

@@ -11,6 +11,10 @@ with ``sample_size`` = number of masked frames if w_m > 0 plus unmasked frames i
 fairseq scores the positive against all K_i codewords and sets the duplicate positive to
 -inf, which is the plain K_i-way cross-entropy used here.
 
+With ``config.hubert_subframe_labels`` and labels faster than the frames (100 Hz MFCC labels,
+40 ms frames: r = 4), each label set is predicted r times, the j-th set being label ``r t + j`` of
+frame t, with its own projection slice and codewords; fairseq predicts only the first (j = 0).
+
 Frames whose aligned label is -100 (the tolerated tail where the audio outlasts the labels)
 take part in no term; fairseq instead crops the batch to the shortest label sequence.
 """
@@ -28,7 +32,7 @@ from transformers.utils import ModelOutput
 from ..host_reads import host_reads_allowed
 from ..linear import Linear
 
-__all__ = ["HubertObjective", "HubertObjectiveOutput", "align_labels_to_frames", "FRAME_RATE_HZ"]
+__all__ = ["HubertObjective", "HubertObjectiveOutput", "align_labels_to_frames", "labels_per_frame", "FRAME_RATE_HZ"]
 
 FRAME_RATE_HZ = 50  # the papers' 20 ms frames (``config.frame_rate``)
 IGNORE_INDEX = -100
@@ -42,9 +46,10 @@ def align_labels_to_frames(
     utterance_ids: list[str] | None = None,
     tolerance_s: float = 0.1,
     frame_rate: float = FRAME_RATE_HZ,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Map labels at ``label_rate`` Hz onto frames at ``frame_rate`` Hz: frame t takes label
-    ``floor(t * label_rate / frame_rate)``.
+    ``floor(t * label_rate / frame_rate) + offset``.
 
     Args:
         labels: (B, T_label) long cluster ids, right-padded with -100.
@@ -54,6 +59,8 @@ def align_labels_to_frames(
         utterance_ids: names used in error messages (default: batch indices).
         tolerance_s: largest accepted |label duration - audio duration| in seconds (fairseq 0.1).
         frame_rate: frames per second of the model (``config.frame_rate``; 50 for 20 ms frames).
+        offset: which of the ``label_rate / frame_rate`` labels a frame spans it takes (0: the first,
+            fairseq; see `labels_per_frame`).
 
     Returns:
         (B, T) long labels, -100 on padding frames and on valid frames past the last label.
@@ -79,11 +86,18 @@ def align_labels_to_frames(
     if host_reads_allowed(labels):  # these checks read values (see `host_reads`)
         _check_label_lengths(labels, label_lengths, label_rate, frame_lengths, frame_rate, names, tolerance_s)
     frame_index = torch.arange(num_frames, device=labels.device)
-    source = torch.div(frame_index * label_rate, frame_rate, rounding_mode="floor").long()  # (T,)
+    source = torch.div(frame_index * label_rate, frame_rate, rounding_mode="floor").long() + offset  # (T,)
     present = (frame_index[None, :] < frame_lengths[:, None]) & (source[None, :] < label_lengths[:, None])
     gathered = labels.gather(1, source.clamp_max(max(labels.shape[1] - 1, 0)).expand(batch_size, -1)) \
         if labels.shape[1] else torch.full((batch_size, num_frames), IGNORE_INDEX, device=labels.device)
     return torch.where(present, gathered, torch.full_like(gathered, IGNORE_INDEX))
+
+
+def labels_per_frame(config) -> int:
+    """How many labels each frame predicts per label set: ``label_rate / frame_rate`` with
+    ``config.hubert_subframe_labels`` and labels faster than the frames, else 1 (the first, fairseq)."""
+    ratio = config.label_rate / config.frame_rate
+    return int(round(ratio)) if getattr(config, "hubert_subframe_labels", False) and ratio > 1 else 1
 
 
 def _check_label_lengths(labels: torch.Tensor, label_lengths: torch.Tensor, label_rate: int,
@@ -173,12 +187,14 @@ class HubertObjective(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
-        self.num_clusters = [int(k) for k in config.hubert_num_clusters]
-        if not self.num_clusters or min(self.num_clusters) < 2:
+        clusters = [int(k) for k in config.hubert_num_clusters]
+        if not clusters or min(clusters) < 2:
             raise ValueError(
                 f"config.hubert_num_clusters must list one cluster count >= 2 per label set, got "
                 f"{config.hubert_num_clusters}."
             )
+        # With sub-frame labels each label set becomes r predicted sets, one per label of a frame.
+        self.num_clusters = [k for k in clusters for _ in range(labels_per_frame(config))]
         final_dim = config.hubert_final_dim
         self.untie_final_proj = bool(config.hubert_untie_final_proj)
         num_sets = len(self.num_clusters) if self.untie_final_proj else 1
