@@ -8,7 +8,8 @@ Stages under ``output`` (``recipes/an4/recipe.yaml``, ``recipes/speechocean762/r
 ``tokenizer``            one character vocabulary from the training transcripts, shared by every run
 (pretraining pool)       the models named by the runs, from ``pretraining`` (`pretraining_pool`)
 ``finetune/INIT-LABELS`` CTC fine-tuning (``finetune`` config) from INIT (``random`` or a pool
-                         model) on LABELS (``all`` or a subset), the same updates for every INIT
+                         model) on LABELS (``all`` or a subset), the same updates for every INIT;
+                         a run with ``finetune`` overrides of the config is named by its ``name``
 ``lm``                   KenLM ``lm.order``-gram on the training transcripts
 ``evaluate/INIT-LABELS`` dev WER/CER greedy and with the LM (alpha/beta tuned on dev)
 =======================  =====================================================================
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,18 +36,27 @@ INITS = ("random", "hubert_iter1", "hubert_iter2", "wav2vec2")
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One fine-tuning: from ``init`` on the ``labels`` subset (``all`` = the whole training split)."""
+    """One fine-tuning: from ``init`` on the ``labels`` subset (``all`` = the whole training split),
+    with the recipe's fine-tuning config or, when ``overrides`` (a tuple of (key, value) pairs) is
+    given, that config with these keys replaced; ``label`` names such a run."""
 
     init: str
     labels: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.init}-{self.labels}"
+        return self.label or f"{self.init}-{self.labels}"
+
+    def config(self, base: dict[str, Any]) -> dict[str, Any]:
+        """The fine-tuning config of this run: ``base`` (the recipe's) with the run's overrides."""
+        return {**base, **dict(self.overrides)}
 
 
 def parse_runs(entries: list[Any], subsets: dict[str, float], source: str | Path) -> list[Run]:
-    """``runs:`` entries (``{init, labels}`` mappings or ``"init/labels"`` strings) -> runs, checked."""
+    """``runs:`` entries -> runs, checked: ``"init/labels"`` strings or ``{init, labels}`` mappings,
+    optionally with ``finetune`` (keys of the fine-tuning config to replace) and then a ``name``."""
     runs = []
     for entry in entries:
         init, labels = (entry["init"], entry["labels"]) if isinstance(entry, dict) else str(entry).split("/", 1)
@@ -54,7 +65,15 @@ def parse_runs(entries: list[Any], subsets: dict[str, float], source: str | Path
         if labels != "all" and labels not in subsets:
             raise ValueError(f"{source}: run {entry!r}: labels must be 'all' or a subset of split.subsets "
                              f"({sorted(subsets)})")
-        runs.append(Run(init, labels))
+        overrides = dict(entry.get("finetune") or {}) if isinstance(entry, dict) else {}
+        label = entry.get("name") if isinstance(entry, dict) else None
+        if overrides and not label:
+            raise ValueError(f"{source}: run {entry!r} changes the fine-tuning config; give it a `name` "
+                             f"(e.g. {init}-{labels}-long) so its stages do not mix with {init}-{labels}")
+        runs.append(Run(init, labels, tuple(sorted(overrides.items())), label))
+    names = [run.name for run in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source}: two runs share a name ({sorted({n for n in names if names.count(n) > 1})})")
     if not runs:
         raise ValueError(f"{source}: no runs listed")
     return runs
@@ -82,7 +101,8 @@ def finetune(directory: Path, config_file: str | Path, run: Run, split: dict[str
     from ..training.arguments import FinetuningArguments, parse_arguments
     from ..training.finetune_loop import run_finetuning
 
-    args = parse_arguments(FinetuningArguments, config_file)
+    # the run's overrides as ``key=value`` (JSON is YAML), so unknown keys and wrong types are refused by name
+    args = parse_arguments(FinetuningArguments, config_file, [f"{k}={json.dumps(v)}" for k, v in run.overrides])
     train = split["manifests"]["train" if run.labels == "all" else f"train_{run.labels}"]["path"]
     args = dataclasses.replace(
         args, output_dir=str(directory), train_data=train, dev_data=split["manifests"]["dev"]["path"],
@@ -185,14 +205,15 @@ def run_recipe(recipe_file: str | Path, data: str | Path = DEFAULT_DATA, output:
         models = {name: pool[name] for name in wanted}
     lm = stages.run("lm", lambda d: build_lm(d, tokenizer, train_manifest, int(lm_settings["order"])),
                     settings=lm_settings, after=["tokenizer"])
-    steps = scaled(int(load_recipe_yaml(finetune_config, data).get("max_steps", 1)), scale)
+    base_config = load_recipe_yaml(finetune_config, data)
     table = []
     for run in runs:
+        steps = scaled(int(run.config(base_config).get("max_steps", 1)), scale)
         pretrained = models.get(run.init)  # (its stage result: a re-run pretraining re-runs the fine-tuning)
         init_model = pretrained["model"] if pretrained else None
         trained = stages.run(f"finetune/{run.name}", lambda d, run=run, init_model=init_model: finetune(
             d, finetune_config, run, split, tokenizer, init_model, scale),
-            settings={"config": load_recipe_yaml(finetune_config, data), "init": run.init, "labels": run.labels,
+            settings={"config": run.config(base_config), "init": run.init, "labels": run.labels,
                       "pretraining": None if pretrained is None else {k: pretrained[k] for k in ("model", "seconds")}},
             after=["tokenizer"], work=("finetune update", steps))
         scores = stages.run(f"evaluate/{run.name}", lambda d, trained=trained: evaluate(
@@ -223,10 +244,10 @@ def format_summary(name: str, split: dict[str, Any], table: list[tuple[Run, dict
     manifests = split["manifests"]
     lines = [f"# {name}: dev WER (speaker-disjoint dev set: {manifests['dev']['utterances']} utterances, "
              f"{manifests['dev']['speakers']} speaker(s), {60 * manifests['dev']['hours']:.1f} min)", "",
-             f"| init | labels | updates | WER greedy | WER {order}-gram LM | CER greedy | CER LM | fine-tuning min |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"| run | init | labels | updates | WER greedy | WER {order}-gram LM | CER greedy | CER LM | fine-tuning min |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for run, trained, scores in table:
-        lines.append(f"| {run.init} | {run.labels} | {trained['updates']} | {100 * scores['wer_greedy']:.1f} | "
+        lines.append(f"| {run.name} | {run.init} | {run.labels} | {trained['updates']} | {100 * scores['wer_greedy']:.1f} | "
                      f"{100 * scores['wer_lm']:.1f} | {100 * scores['cer_greedy']:.1f} | {100 * scores['cer_lm']:.1f} | "
                      f"{trained['seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"

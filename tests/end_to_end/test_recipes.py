@@ -15,7 +15,7 @@ from helpers import ROOT
 AN4 = ROOT / "tests" / "fixtures" / "an4"
 
 
-def write_recipe(tmp_path: Path, runs: list[str], held_out: bool = True) -> Path:
+def write_recipe(tmp_path: Path, runs: list, held_out: bool = True) -> Path:
     """A recipe on the 7 AN4 fixtures (2 speakers: 1 for dev) and its pool; with ``held_out=False``
     the pool holds out the other speaker (a split made with another seed)."""
     recipe = tmp_path / "recipe.yaml"
@@ -46,10 +46,12 @@ wav2vec2: {ROOT}/recipes/pretraining/wav2vec2.yaml
 
 
 def test_a_recipe_runs_every_stage_at_a_tiny_scale_and_reuses_them(tmp_path, capsys, single_thread):
-    recipe = write_recipe(tmp_path, ["random/all", "hubert_iter2/short", "wav2vec2/all"])
+    half = {"init": "random", "labels": "short", "finetune": {"max_steps": 3000}, "name": "random-short-half"}
+    recipe = write_recipe(tmp_path, ["random/all", "hubert_iter2/short", "wav2vec2/all", half])
     results = run_recipe(recipe, scale=0.002)
     table = capsys.readouterr().out
     assert "| random | all | 12 |" in table and "| hubert_iter2 | short | 12 |" in table
+    assert "| random-short-half | random | short | 6 |" in table  # a run's own fine-tuning updates
     assert (tmp_path / "out" / "summary.md").read_text() in table
     pool = tmp_path / "pool"
     # the dev speaker's audio is held out of the pool even though the unlabeled folder holds it
@@ -85,6 +87,15 @@ def test_runs_are_checked_against_inits_and_subsets():
         parse_runs(["random/1h"], {"10min": 600}, "r.yaml")
     runs = parse_runs([{"init": "random", "labels": "10min"}, "hubert_iter1/all"], {"10min": 600}, "r.yaml")
     assert [run.name for run in runs] == ["random-10min", "hubert_iter1-all"]
+    with pytest.raises(ValueError, match="give it a `name`"):
+        parse_runs([{"init": "random", "labels": "all", "finetune": {"max_steps": 9}}], {}, "r.yaml")
+    with pytest.raises(ValueError, match=r"two runs share a name \(\['random-all'\]\)"):
+        parse_runs(["random/all", {"init": "random", "labels": "all", "finetune": {"seed": 2}, "name": "random-all"}],
+                   {}, "r.yaml")
+    long = parse_runs([{"init": "random", "labels": "all", "finetune": {"max_steps": 9, "seed": 2}, "name": "long"}],
+                      {}, "r.yaml")[0]
+    assert long.name == "long" and long.config({"max_steps": 6, "eval_steps": 3}) == {
+        "max_steps": 9, "eval_steps": 3, "seed": 2}
 
 
 @pytest.mark.parametrize("name", ["an4", "speechocean762"])
