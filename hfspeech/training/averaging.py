@@ -1,4 +1,5 @@
-"""Checkpoint averaging: the final model is the parameter mean of the N evaluations with the best dev WER.
+"""Checkpoint averaging: the final model is the parameter mean of the N evaluations with the best dev WER
+(or CER: ``metric_for_best_model``).
 
 ESPnet's and Kaldi's small-data recipes average the best few checkpoints (ESPnet:
 ``--keep_nbest_models`` by validation accuracy); the mean of nearby points of one run sits in
@@ -17,19 +18,24 @@ from safetensors.torch import load_file, save_file
 
 
 class BestCheckpoints:
-    """The N lowest-WER evaluations of a run, on disk.
+    """The N evaluations of a run with the lowest dev ``metric``, on disk.
 
     Args:
         directory: where weights and ``index.json`` live (created on first use).
         size: N, how many to keep.
+        metric: the name the scores are kept under in ``index.json`` ("wer" or "cer").
     """
 
-    def __init__(self, directory: str | Path, size: int) -> None:
+    def __init__(self, directory: str | Path, size: int, metric: str = "wer") -> None:
         if size < 1:
             raise ValueError(f"average_checkpoints must be >= 1 to keep checkpoints, got {size}")
-        self.directory, self.size = Path(directory), size
+        self.directory, self.size, self.metric = Path(directory), size, metric
         index = self.directory / "index.json"
         self.entries: list[dict] = json.loads(index.read_text()) if index.exists() else []
+        ranked_by = {key for entry in self.entries for key in entry if key != "update"}
+        if ranked_by - {metric}:
+            raise ValueError(f"{index}: its checkpoints are ranked by {sorted(ranked_by)}, not {metric!r}; resume with "
+                             f"metric_for_best_model: {sorted(ranked_by)[0]}, or delete {self.directory} to rank anew")
 
     def forget_after(self, update: int) -> None:
         """Drop entries newer than ``update`` (a run resumed from an earlier checkpoint replays them)."""
@@ -37,16 +43,16 @@ class BestCheckpoints:
             self._remove(entry)
         self._write_index()
 
-    def offer(self, update: int, wer: float, model: torch.nn.Module) -> bool:
-        """Keep ``model``'s weights at ``update`` if its ``wer`` is among the N best; True when kept."""
-        if len(self.entries) >= self.size and wer >= max(e["wer"] for e in self.entries):
+    def offer(self, update: int, score: float, model: torch.nn.Module) -> bool:
+        """Keep ``model``'s weights at ``update`` if its ``score`` is among the N lowest; True when kept."""
+        if len(self.entries) >= self.size and score >= max(e[self.metric] for e in self.entries):
             return False
         self.directory.mkdir(parents=True, exist_ok=True)
         state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
         save_file(state, str(self._path(update)))
-        self.entries.append({"update": update, "wer": float(wer)})
+        self.entries.append({"update": update, self.metric: float(score)})
         if len(self.entries) > self.size:  # the worst goes; among equals, the newest
-            self._remove(max(self.entries, key=lambda e: (e["wer"], e["update"])))
+            self._remove(max(self.entries, key=lambda e: (e[self.metric], e["update"])))
         self._write_index()
         return True
 
@@ -59,7 +65,7 @@ class BestCheckpoints:
         if not self.entries:
             raise ValueError(f"{self.directory}: no evaluation was kept, so there is nothing to average; "
                              "give the run dev_data and evaluate at least once (eval_steps <= max_steps)")
-        entries = sorted(self.entries, key=lambda e: (e["wer"], e["update"]))
+        entries = sorted(self.entries, key=lambda e: (e[self.metric], e["update"]))
         states = [load_file(str(self._path(entry["update"]))) for entry in entries]
         averaged = {}
         for key, best in states[0].items():

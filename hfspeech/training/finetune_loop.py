@@ -191,6 +191,9 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         raise ValueError(f"fsdp: true with average_checkpoints={args.average_checkpoints}: the averaged checkpoints "
                          "are read and loaded on the main process only, which holds one shard. Set "
                          "average_checkpoints: 0 (final/ = the last update, best/ = the best evaluation) or fsdp: false.")
+    ranking = args.metric_for_best_model
+    if ranking not in ("wer", "cer"):
+        raise ValueError(f"metric_for_best_model: {ranking!r} is not a dev metric of fine-tuning; use wer or cer.")
     output_dir = Path(args.output_dir)
     torch.manual_seed(args.seed)
     if args.verify_data:  # decode every file once before the first update; one error lists every bad one
@@ -243,11 +246,11 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
                                 final_scale=args.final_lr_scale)
     run_config = dataclasses.asdict(args)
     loop = TrainingLoop(model, optimizer, scheduler, args, accelerator, run_config, "finetune",
-                        state={"best_wer": None, "evaluations_without_improvement": 0})
+                        state={"best_score": None, "evaluations_without_improvement": 0})
     model = loop.prepare(batches_for_epoch)
     best_checkpoints = None
     if args.average_checkpoints > 1 and evaluate is not None and accelerator.is_main_process:
-        best_checkpoints = BestCheckpoints(output_dir / "averaging", args.average_checkpoints)
+        best_checkpoints = BestCheckpoints(output_dir / "averaging", args.average_checkpoints, ranking)
         best_checkpoints.forget_after(loop.start)
     state, metrics, stopped_early = loop.state, {}, False
     for update in range(loop.start, args.max_steps):
@@ -256,8 +259,8 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
         if evaluate is not None and loop.due(update, args.eval_steps):
             metrics = evaluate(loop.unwrapped)
             loop.log_dev(update, metrics)
-            if state["best_wer"] is None or metrics["wer"] < state["best_wer"]:
-                state["best_wer"], state["evaluations_without_improvement"] = metrics["wer"], 0
+            if state["best_score"] is None or metrics[ranking] < state["best_score"]:
+                state["best_score"], state["evaluations_without_improvement"] = metrics[ranking], 0
                 state_dict = loop.full_state_dict()  # gathered on every process when sharded
                 if accelerator.is_main_process:
                     write_directory_atomically(output_dir / "best", lambda directory: _write_model_directory(
@@ -265,13 +268,13 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
             else:
                 state["evaluations_without_improvement"] += 1
             if best_checkpoints is not None:
-                best_checkpoints.offer(update + 1, metrics["wer"], loop.unwrapped)
+                best_checkpoints.offer(update + 1, metrics[ranking], loop.unwrapped)
             stopped_early = 0 < args.early_stopping_patience <= state["evaluations_without_improvement"]
         if loop.due(update, args.save_steps) or stopped_early:
             loop.save(update)
         if stopped_early:
-            logger.info("Early stopping at update %d: no better dev WER in %d evaluations (best %.2f%%).", update + 1,
-                        state["evaluations_without_improvement"], 100 * state["best_wer"])
+            logger.info("Early stopping at update %d: no better dev %s in %d evaluations (best %.2f%%).", update + 1,
+                        ranking.upper(), state["evaluations_without_improvement"], 100 * state["best_score"])
             break
     loop.unwrapped.backbone_frozen = False
     averaged = None
@@ -282,7 +285,7 @@ def run_finetuning(args: FinetuningArguments, accelerator: Accelerator | None = 
                     len(averaged), [entry["update"] for entry in averaged], 100 * metrics["wer"], 100 * metrics["cer"])
     loop.finish(lambda directory, state_dict: _write_model_directory(directory, loop.unwrapped, processor, metrics,
                                                                      run_config, state_dict))
-    return {"final": metrics, "best_wer": state["best_wer"], "skipped_updates": state["skipped_updates"],
+    return {"final": metrics, f"best_{ranking}": state["best_score"], "skipped_updates": state["skipped_updates"],
             "updates": loop.start + len(loop.losses), "stopped_early": stopped_early, "averaged": averaged,
             "unalignable_utterances": unalignable, "train_losses": loop.losses}
 

@@ -239,6 +239,16 @@ def test_dev_wer_during_training_is_the_wer_of_hfspeech_evaluate(pretrained, tmp
     assert result["final"]["cer"] == pytest.approx(evaluated["cer"], abs=1e-9)
 
 
+def test_checkpoints_can_be_ranked_by_dev_cer(pretrained, tmp_path):
+    result = finetune(pretrained, tmp_path / "run", max_steps=8, eval_steps=2, freeze_transformer_steps=0,
+                      average_checkpoints=2, metric_for_best_model="cer")
+    index = json.loads((tmp_path / "run" / "averaging" / "index.json").read_text())
+    assert len(index) == 2 and all(set(entry) == {"update", "cer"} for entry in index)
+    assert result["best_cer"] == min(entry["cer"] for entry in index)
+    with pytest.raises(ValueError, match="metric_for_best_model: 'loss' is not a dev metric"):
+        finetune(pretrained, tmp_path / "other", metric_for_best_model="loss")
+
+
 def test_speed_perturbation_early_stopping_and_checkpoint_averaging(pretrained, tmp_path):
     from hfspeech.modeling.models import SpeechEncoderForCTC
 
