@@ -131,9 +131,10 @@ class FinetuningArguments:
     max_grad_norm: float = 0.0
     eval_steps: int = 500
     average_checkpoints: int = field(default=0, metadata={"help": (
-        "final/ = the parameter average of the N evaluations with the best dev WER (0 or 1: the last update)")})
+        "final/ = the parameter average of the N evaluations with the best dev WER, or CER by metric_for_best_model "
+        "(0 or 1: the last update)")})
     early_stopping_patience: int = field(default=0, metadata={"help": (
-        "stop after this many evaluations without a better dev WER (0 = run max_steps)")})
+        "stop after this many evaluations without a better dev WER (or CER: metric_for_best_model; 0 = run max_steps)")})
     metric_for_best_model: str = field(default="wer", metadata={"help": (
         "the dev metric that ranks evaluations for best/, average_checkpoints and early stopping: wer or cer "
         "(cer where nearly every word is still wrong, so the WER, near 100 %, no longer ranks checkpoints)")})
